@@ -1,0 +1,3 @@
+from asft.cli import main
+
+main()

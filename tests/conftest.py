@@ -1,0 +1,36 @@
+"""Test environment: offline, no telemetry, a private Prefect home, small thread pools.
+
+Set before any test module imports mlflow, prefect or transformers.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="asft-prefect-home-"))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("ASFT_CACHE_DIR", tempfile.mkdtemp(prefix="asft-cache-"))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+# xdist runs one worker per core: one thread each avoids oversubscription.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def bench_data():
+    """The paper's asft-bench folder (ASFT_BENCH_DATA); tests using it skip when unset."""
+    from pathlib import Path
+
+    folder = os.environ.get("ASFT_BENCH_DATA")
+    if not folder or not Path(folder).is_dir():
+        pytest.skip("ASFT_BENCH_DATA is not set to the asft-bench folder")
+    return Path(folder)
