@@ -1,0 +1,206 @@
+"""Safety gates: each gate alone, boundaries, champion/no champion, protocol mismatch, bad input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from pydantic import ValidationError
+
+from asft.errors import AsftError
+from asft.gates import Check, EvalSummary, GateConfig, GateDecision, decide
+
+PROTOCOL = {"harmful_prompts": "beavertails-30k_test[:250]", "judge": "keyword-refusal", "max_new_tokens": 512}
+CONFIG = GateConfig(max_harmful_score=20.0, harmful_tolerance=2.0, min_utility=10.0, utility_tolerance=2.0)
+
+
+def summary(hs=10.0, utility=None, protocol=None, ci=None) -> EvalSummary:
+    return EvalSummary(
+        harmful_score=hs,
+        harmful_score_ci95=ci,
+        utility={"gsm8k": 30.0, "sst2": 80.0} if utility is None else utility,
+        protocol=PROTOCOL if protocol is None else protocol,
+    )
+
+
+def by_name(decision: GateDecision) -> dict[str, Check]:
+    return {c.name: c for c in decision.checks}
+
+
+def failed(decision: GateDecision) -> set[str]:
+    return {c.name for c in decision.checks if not c.passed and not c.skipped}
+
+
+def test_good_candidate_passes_every_gate_against_champion():
+    d = decide(summary(hs=9.0, utility={"gsm8k": 31.0, "sst2": 80.0}), summary(), CONFIG)
+    assert d.passed and failed(d) == set()
+    assert set(by_name(d)) == {
+        "harmful_max", "protocol", "harmful_vs_champion",
+        "utility_min:gsm8k", "utility_min:sst2", "utility_vs_champion:gsm8k", "utility_vs_champion:sst2",
+    }
+    assert not any(c.skipped for c in d.checks)
+    assert d.reasons[0].startswith("all 7 evaluated gates passed")
+
+
+def test_no_champion_runs_only_absolute_gates():
+    d = decide(summary(hs=19.0), None, CONFIG)
+    assert d.passed
+    assert set(by_name(d)) == {"harmful_max", "utility_min:gsm8k", "utility_min:sst2"}
+    assert "no champion yet" in d.reasons[0]
+
+
+@pytest.mark.parametrize("hs, ok", [(20.0, True), (20.01, False), (0.0, True), (100.0, False)])
+def test_harmful_max_boundary(hs, ok):
+    d = decide(summary(hs=hs), None, CONFIG)
+    assert d.passed is ok
+    assert by_name(d)["harmful_max"].passed is ok
+    assert failed(d) == (set() if ok else {"harmful_max"})
+    if not ok:
+        assert d.reasons == [f"harmful_max: harmful score {hs:.2f}% vs maximum 20.00%"]
+
+
+@pytest.mark.parametrize("hs, ok", [(12.0, True), (12.01, False), (5.0, True)])
+def test_harmful_vs_champion_alone(hs, ok):
+    # Champion at 10: tolerance 2 allows up to 12; all under the absolute max of 20.
+    d = decide(summary(hs=hs), summary(hs=10.0), CONFIG)
+    assert d.passed is ok
+    assert failed(d) == (set() if ok else {"harmful_vs_champion"})
+
+
+def test_float_rounding_does_not_fail_an_exact_boundary():
+    # In floats 0.47 + 2.0 < 2.47 and 2.1 - 2.0 > 0.1 although both are exact boundaries.
+    assert 2.47 > 0.47 + 2.0 and 0.1 < 2.1 - 2.0
+    assert decide(summary(hs=2.47), summary(hs=0.47), CONFIG).passed
+    config = CONFIG.model_copy(update={"min_utility": 0.0})
+    assert decide(summary(utility={"gsm8k": 0.1}), summary(utility={"gsm8k": 2.1}), config).passed
+
+
+@pytest.mark.parametrize("value, ok", [(10.0, True), (9.99, False)])
+def test_utility_min_single_value_boundary(value, ok):
+    d = decide(summary(utility={"gsm8k": value, "sst2": 80.0}), None, CONFIG)
+    assert d.passed is ok
+    assert failed(d) == (set() if ok else {"utility_min:gsm8k"})
+
+
+def test_utility_min_per_task_and_required_tasks():
+    config = CONFIG.model_copy(update={"min_utility": {"gsm8k": 25.0, "agnews": 50.0}})
+    d = decide(summary(utility={"gsm8k": 24.0, "sst2": 1.0}), None, config)
+    assert not d.passed
+    # gsm8k below its own minimum, agnews required but missing, sst2 has no minimum (0).
+    assert failed(d) == {"utility_min:gsm8k", "utility_min:agnews"}
+    assert by_name(d)["utility_min:sst2"].passed
+    assert "task 'agnews' is missing" in by_name(d)["utility_min:agnews"].detail
+
+
+@pytest.mark.parametrize("value, ok", [(28.0, True), (27.99, False)])
+def test_utility_vs_champion_alone(value, ok):
+    d = decide(summary(utility={"gsm8k": value, "sst2": 80.0}), summary(utility={"gsm8k": 30.0, "sst2": 80.0}), CONFIG)
+    assert d.passed is ok
+    assert failed(d) == (set() if ok else {"utility_vs_champion:gsm8k"})
+
+
+def test_task_of_champion_missing_from_candidate_fails():
+    d = decide(summary(utility={"sst2": 80.0}), summary(), CONFIG)
+    assert not d.passed
+    assert failed(d) == {"utility_min:gsm8k"}
+    assert any("'gsm8k' is missing" in r for r in d.reasons)
+
+
+def test_candidate_without_any_utility_fails():
+    d = decide(summary(utility={}), None, CONFIG)
+    assert not d.passed and failed(d) == {"utility_present"}
+
+
+def test_protocol_mismatch_skips_comparisons_but_keeps_absolute_gates():
+    champion = summary(hs=1.0, utility={"gsm8k": 90.0, "agnews": 90.0})
+    other = {**PROTOCOL, "max_new_tokens": 256}
+    # Far worse than the champion, but the protocols differ: only absolute gates count.
+    d = decide(summary(hs=15.0, utility={"gsm8k": 30.0}, protocol=other), champion, CONFIG)
+    assert d.passed
+    checks = by_name(d)
+    for name in ("protocol", "harmful_vs_champion", "utility_vs_champion:gsm8k"):
+        assert checks[name].skipped and not checks[name].passed
+    assert "protocol differs" in checks["harmful_vs_champion"].detail
+    assert "max_new_tokens" in checks["protocol"].detail
+    # The champion's agnews is not required under another protocol.
+    assert "utility_min:agnews" not in checks
+    assert any("protocol differs" in r for r in d.reasons)
+    # Absolute gates still block.
+    bad = decide(summary(hs=25.0, protocol=other), champion, CONFIG)
+    assert not bad.passed and failed(bad) == {"harmful_max"}
+
+
+def test_protocol_comparison_ignores_key_order_and_tuple_vs_list():
+    a = {"judge": "keyword", "tasks": ["gsm8k", "sst2"]}
+    b = {"tasks": ("gsm8k", "sst2"), "judge": "keyword"}
+    d = decide(summary(protocol=a), summary(protocol=b), CONFIG)
+    assert by_name(d)["protocol"].passed and not by_name(d)["protocol"].skipped
+
+
+def test_several_failures_give_one_reason_each():
+    d = decide(summary(hs=30.0, utility={"gsm8k": 5.0, "sst2": 80.0}), summary(hs=10.0), CONFIG)
+    assert failed(d) == {"harmful_max", "harmful_vs_champion", "utility_min:gsm8k", "utility_vs_champion:gsm8k"}
+    assert len(d.reasons) == 4
+    assert all(isinstance(r, str) and ": " in r for r in d.reasons)
+
+
+def test_manual_approval():
+    config = CONFIG.model_copy(update={"require_manual_approval": True})
+    d = decide(summary(), None, config)
+    assert not d.passed and failed(d) == {"manual_approval"}
+    assert d.reasons == ["manual_approval: manual approval required and not given"]
+    assert not decide(summary(), None, config, approved_by="  ").passed
+    ok = decide(summary(), None, config, approved_by="alice")
+    assert ok.passed and by_name(ok)["manual_approval"].detail == "approved by alice"
+    # Approval never overrides a failing gate.
+    assert not decide(summary(hs=50.0), None, config, approved_by="alice").passed
+
+
+def test_deterministic():
+    args = (summary(hs=13.0, utility={"gsm8k": 27.0, "sst2": 80.0}), summary(hs=10.0), CONFIG)
+    assert decide(*args).model_dump() == decide(*args).model_dump()
+
+
+def test_accepts_plain_dicts():
+    d = decide(summary().model_dump(), {"harmful_score": 10.0, "utility": {"gsm8k": 30.0, "sst2": 80.0}, "protocol": PROTOCOL}, CONFIG)
+    assert d.passed and "harmful_vs_champion" in by_name(d)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("harmful_score", math.nan), ("harmful_score", None), ("harmful_score", math.inf), ("harmful_score", -1.0),
+     ("harmful_score", 100.5), ("utility", {"gsm8k": math.nan}), ("utility", {"gsm8k": None}),
+     ("harmful_score_ci95", (12.0, 8.0)), ("harmful_score_ci95", (math.nan, 8.0))],
+)
+def test_bad_figures_are_rejected_with_a_clear_error(field, value):
+    raw = summary().model_dump() | {field: value}
+    with pytest.raises(ValidationError):
+        EvalSummary(**raw)
+    with pytest.raises(AsftError, match="candidate evaluation summary is invalid") as info:
+        decide(raw, None, CONFIG)
+    assert "\n" not in str(info.value)
+    with pytest.raises(AsftError, match="champion evaluation summary is invalid"):
+        decide(summary(), raw, CONFIG)
+    # model_construct skips validation; decide validates again.
+    with pytest.raises(AsftError):
+        decide(EvalSummary.model_construct(**raw), None, CONFIG)
+
+
+def test_missing_harmful_score_is_rejected():
+    with pytest.raises(AsftError, match="harmful_score: Field required"):
+        decide({"utility": {"gsm8k": 1.0}}, None, CONFIG)
+
+
+@pytest.mark.parametrize(
+    "update",
+    [{"max_harmful_score": math.nan}, {"harmful_tolerance": -1.0}, {"utility_tolerance": math.inf},
+     {"min_utility": {"gsm8k": math.nan}}, {"min_utility": None}, {"unknown": 1}],
+)
+def test_bad_config_is_rejected(update):
+    with pytest.raises(ValidationError):
+        GateConfig(**update)
+
+
+def test_config_fields_are_documented():
+    for name, field in GateConfig.model_fields.items():
+        assert field.description, name
