@@ -1,0 +1,98 @@
+"""PNG figures for the run page: training curves and a before/after evaluation chart.
+
+Object-oriented matplotlib with the Agg canvas: no pyplot, no global backend switch, no
+display needed, figures are freed with their last reference.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from typing import Any, Mapping, Sequence
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from asft import storage
+from asft.errors import AsftError
+from asft.gates import EvalSummary
+
+
+def _number(row: Mapping[str, Any], key: str, index: int) -> float:
+    value = row[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise AsftError(f"metrics row {index}: {key}={value!r} is not a number; write numbers to metrics.jsonl")
+    return float(value)
+
+
+def training_curves(rows: Sequence[Mapping[str, Any]]) -> Figure:
+    """Loss (and, where rows carry it, the AsFT penalty) against step, from metrics.jsonl rows.
+
+    Rows need ``step`` and ``loss``; ``penalty`` is optional per row (absent or null). Non-finite values
+    stay in the data and show as gaps, counted in the panel title, so divergence is visible.
+    """
+    if not rows:
+        raise AsftError("no metrics rows to plot; training wrote an empty metrics.jsonl")
+    for i, row in enumerate(rows):
+        missing = [k for k in ("step", "loss") if k not in row]
+        if missing:
+            raise AsftError(f"metrics row {i}: missing {', '.join(missing)}; each row needs step and loss")
+    series = {"loss": [(_number(r, "step", i), _number(r, "loss", i)) for i, r in enumerate(rows)]}
+    penalty = [(_number(r, "step", i), _number(r, "penalty", i)) for i, r in enumerate(rows)
+               if r.get("penalty") is not None]  # SFT rows carry no (or a null) penalty
+    if penalty:
+        series["penalty"] = penalty
+
+    fig = Figure(figsize=(7, 2.6 * len(series)), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(series), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, (name, points) in zip(axes, series.items()):
+        steps, values = zip(*points)
+        ax.plot(steps, values, marker="." if len(points) < 50 else None, label=name)
+        bad = sum(not math.isfinite(v) for v in values)
+        ax.set_title(name + (f" ({bad} non-finite points not drawn)" if bad else ""))
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+    axes[-1].set_xlabel("step")
+    return fig
+
+
+def eval_comparison(before: EvalSummary, after: EvalSummary, labels: tuple[str, str] = ("before", "after")) -> Figure:
+    """Harmful score with its 95% CI, and utility per task, side by side for two evaluations."""
+    tasks = sorted(set(before.utility) | set(after.utility))
+    fig = Figure(figsize=(4 + 1.2 * max(len(tasks), 1), 3.4), layout="constrained")
+    FigureCanvasAgg(fig)
+    harm_ax, util_ax = fig.subplots(1, 2, width_ratios=[1, max(len(tasks), 1)])
+    width = 0.38
+    for offset, label, result in ((-width / 2, labels[0], before), (width / 2, labels[1], after)):
+        hs = result.harmful_score
+        error = None
+        if result.harmful_score_ci95 is not None:
+            low, high = result.harmful_score_ci95
+            error = [[max(hs - low, 0.0)], [max(high - hs, 0.0)]]
+        harm_ax.bar_label(harm_ax.bar([offset], [hs], width, yerr=error, capsize=4, label=label), fmt="%.1f")
+        # A task one side lacks is drawn as an empty slot and named in the tick label.
+        bars = util_ax.bar([i + offset for i in range(len(tasks))], [result.utility.get(t, 0.0) for t in tasks], width)
+        util_ax.bar_label(bars, [f"{result.utility[t]:.1f}" if t in result.utility else "n/a" for t in tasks])
+    harm_ax.set_xticks([0], ["harmful"])
+    harm_ax.set_ylabel("harmful score (%)")
+    harm_ax.set_ylim(0, 100)
+    util_ax.set_xticks(
+        range(len(tasks)),
+        [t if t in before.utility and t in after.utility else f"{t}\n(missing in one)" for t in tasks],
+    )
+    util_ax.set_ylabel("utility (%)")
+    util_ax.set_ylim(0, 100)
+    fig.legend(loc="outside upper center", ncols=2)
+    for ax in (harm_ax, util_ax):
+        ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def save_png(fig: Figure, uri: str | os.PathLike, dpi: int = 100) -> str:
+    """Render to PNG and write it atomically to ``uri`` (any storage URI); returns the URI."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    storage.write_bytes(uri, buffer.getvalue())
+    return str(uri)
