@@ -1,0 +1,84 @@
+"""The AsFT penalty: the part of a LoRA update that leaves the alignment direction.
+
+Per module, with ``V = W_aligned - W_base`` (out, in), ``n = ||V||_F`` and the anchor
+``C = V V^T / n`` (Safe LoRA's construction, not a projector)::
+
+    penalty = || (I - C) B A ||_F^2
+
+evaluated exactly without ever forming C (out, out) or the update B A (out, in)::
+
+    X = B - V (V^T B) / n                  # (out, r) == (I - C) B
+    penalty = sum((X^T X) * (A A^T))        # ||X A||_F^2 = tr(X^T X A A^T), two (r, r) matrices
+
+The named variant ``projector`` replaces C by a true orthogonal projector P = U_k U_k^T onto
+the top-k left singular vectors of V (then the penalty is zero exactly when the columns of
+B lie in span(U_k)). Everything is computed in float32 (float64 if A is float64) whatever the model's dtype.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+AnchorKind = Literal["fro", "projector"]
+
+
+def asft_penalty(A: torch.Tensor, B: torch.Tensor, V: torch.Tensor | None, norm: float | torch.Tensor | None, *,
+                 scaling: float | None = None, projector: torch.Tensor | None = None) -> torch.Tensor:
+    """``||(I - C) s B A||_F^2`` for one module, as a float32 scalar that autograd follows.
+
+    A: (r, in) ``lora_A``; B: (out, r) ``lora_B``; V: (out, in) alignment direction; norm:
+    ``||V||_F``. ``scaling`` (LoRA alpha/r) multiplies the update; None leaves it out, as the
+    reference implementation does. ``projector``: U_k (out, k) with orthonormal columns; when
+    given, C is replaced by U_k U_k^T and V/norm are not used.
+    """
+    # at least float32: bf16/fp16 inputs are upcast, float64 (tests) stays float64
+    dtype = torch.float64 if A.dtype == torch.float64 else torch.float32
+    A, B = A.to(dtype), B.to(dtype)
+    if projector is not None:
+        U = projector.to(dtype)
+        X = B - U @ (U.T @ B)
+    else:
+        V = V.to(dtype)
+        X = B - V @ (V.T @ B) / norm
+    penalty = ((X.T @ X) * (A @ A.T)).sum()
+    if scaling is not None:
+        penalty = penalty * (scaling * scaling)
+    return penalty
+
+
+def top_k_projector(V: torch.Tensor, k: int) -> torch.Tensor:
+    """U_k (out, k): the top-k left singular vectors of V, computed once in float32."""
+    U, _, _ = torch.linalg.svd(V.float(), full_matrices=False)
+    return U[:, :k].contiguous()
+
+
+@dataclass
+class Anchor:
+    """What the penalty needs for one module, kept on the training device for the whole run."""
+
+    V: torch.Tensor | None = None
+    norm: torch.Tensor | None = None
+    projector: torch.Tensor | None = None
+
+    def penalty(self, A: torch.Tensor, B: torch.Tensor, scaling: float | None = None) -> torch.Tensor:
+        return asft_penalty(A, B, self.V, self.norm, scaling=scaling, projector=self.projector)
+
+
+def build_anchors(vectors: dict[str, torch.Tensor], kind: AnchorKind = "fro", top_k: int = 8) -> dict[str, Anchor]:
+    """Per-module anchors from alignment directions (already on the training device).
+
+    ``fro``: the paper's C = V V^T / ||V||_F (V is kept, in its stored dtype; the norm in
+    float32). ``projector``: only U_k is kept, so V can be freed afterwards.
+    """
+    anchors = {}
+    for name, V in vectors.items():
+        if kind == "fro":
+            anchors[name] = Anchor(V=V, norm=torch.linalg.matrix_norm(V.float()))
+        elif kind == "projector":
+            anchors[name] = Anchor(projector=top_k_projector(V, min(top_k, min(V.shape))))
+        else:
+            raise ValueError(f"unknown anchor kind {kind!r}; choose fro or projector")
+    return anchors

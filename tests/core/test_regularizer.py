@@ -1,0 +1,109 @@
+"""The fast AsFT penalty against a naive reference that materialises I - C and B A."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from asft.regularizer import asft_penalty, build_anchors, top_k_projector
+
+
+def naive_penalty(A, B, V, norm, scaling=None, projector=None):
+    out = B.shape[0]
+    C = projector @ projector.T if projector is not None else V @ V.T / norm
+    update = B @ A if scaling is None else scaling * (B @ A)
+    return torch.linalg.matrix_norm((torch.eye(out, dtype=A.dtype) - C) @ update) ** 2
+
+
+def random_module(out=24, inp=16, r=4, rank_v=None, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    A = torch.randn(r, inp, generator=g, dtype=dtype)
+    B = torch.randn(out, r, generator=g, dtype=dtype)
+    if rank_v is None:
+        V = torch.randn(out, inp, generator=g, dtype=dtype)
+    else:
+        V = torch.randn(out, rank_v, generator=g, dtype=dtype) @ torch.randn(rank_v, inp, generator=g, dtype=dtype)
+    return A, B, V
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("variant", ["fro", "fro-scaled", "projector"])
+def test_fast_form_matches_naive_value_and_gradients(seed, variant):
+    A, B, V = random_module(seed=seed)
+    norm = torch.linalg.matrix_norm(V)
+    kw = {}
+    if variant == "fro-scaled":
+        kw["scaling"] = 4.0
+    if variant == "projector":
+        kw["projector"] = torch.linalg.svd(V, full_matrices=False)[0][:, :5]
+
+    A1, B1 = A.clone().requires_grad_(), B.clone().requires_grad_()
+    naive = naive_penalty(A1, B1, V, norm, **kw)
+    naive.backward()
+    A2, B2 = A.clone().requires_grad_(), B.clone().requires_grad_()
+    fast = asft_penalty(A2, B2, V, norm, **kw)
+    fast.backward()
+
+    assert fast.item() == pytest.approx(naive.item(), rel=1e-6)
+    torch.testing.assert_close(A2.grad, A1.grad, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(B2.grad, B1.grad, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("variant", ["fro", "projector"])
+def test_library_penalty_float32_matches_naive_float64_with_gradients(variant):
+    A, B, V = random_module(out=48, inp=32, r=8, seed=3)
+    norm = torch.linalg.matrix_norm(V)
+    proj = top_k_projector(V, 6) if variant == "projector" else None
+    A1, B1 = A.clone().requires_grad_(), B.clone().requires_grad_()
+    naive = naive_penalty(A1, B1, V, norm, projector=None if proj is None else proj.double())
+    naive.backward()
+    A2 = A.float().requires_grad_()
+    B2 = B.float().requires_grad_()
+    fast = asft_penalty(A2, B2, V.float(), norm.float(), projector=proj)
+    fast.backward()
+    assert fast.dtype == torch.float32
+    assert fast.item() == pytest.approx(naive.item(), rel=1e-4)
+    torch.testing.assert_close(A2.grad.double(), A1.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(B2.grad.double(), B1.grad, rtol=1e-4, atol=1e-4)
+
+
+def test_penalty_is_float32_for_bf16_inputs_and_keeps_gradients():
+    A, B, V = (t.to(torch.bfloat16) for t in random_module(seed=4, dtype=torch.float32))
+    A.requires_grad_()
+    B.requires_grad_()
+    p = asft_penalty(A, B, V, torch.linalg.matrix_norm(V.float()))
+    assert p.dtype == torch.float32
+    p.backward()
+    assert A.grad.dtype == torch.bfloat16 and A.grad.abs().sum() > 0
+    expected = naive_penalty(A.detach().double(), B.detach().double(), V.double(), torch.linalg.matrix_norm(V.double()))
+    assert p.item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_projector_penalty_vanishes_when_B_lies_in_the_span_of_the_top_singular_vectors():
+    A, _, V = random_module(out=30, inp=20, r=4, rank_v=3, seed=5)
+    U = top_k_projector(V, 3)
+    B = U.double() @ torch.randn(3, 4, dtype=torch.float64)
+    assert asft_penalty(A, B, None, None, projector=U).item() == pytest.approx(0.0, abs=1e-8)
+    # the same B is penalised by the paper's C, which is not a projector (C @ C != C)
+    assert asft_penalty(A, B, V, torch.linalg.matrix_norm(V)).item() > 1e-3
+
+
+def test_penalty_is_zero_for_zero_B_and_scales_quadratically():
+    A, B, V = random_module(seed=6)
+    norm = torch.linalg.matrix_norm(V)
+    assert asft_penalty(A, torch.zeros_like(B), V, norm).item() == 0.0
+    base = asft_penalty(A, B, V, norm).item()
+    assert asft_penalty(A, 3 * B, V, norm).item() == pytest.approx(9 * base, rel=1e-5)
+    assert asft_penalty(A, B, V, norm, scaling=0.5).item() == pytest.approx(0.25 * base, rel=1e-5)
+
+
+def test_build_anchors_fro_and_projector():
+    _, _, V = random_module(seed=7, dtype=torch.float32)
+    A, B, _ = random_module(seed=8, dtype=torch.float32)
+    fro = build_anchors({"m": V}, "fro")["m"]
+    assert fro.norm.item() == pytest.approx(torch.linalg.matrix_norm(V).item(), rel=1e-6)
+    assert fro.penalty(A, B).item() == pytest.approx(
+        naive_penalty(A.double(), B.double(), V.double(), torch.linalg.matrix_norm(V.double())).item(), rel=1e-4)
+    proj = build_anchors({"m": V}, "projector", top_k=4)["m"]
+    assert proj.V is None and proj.projector.shape == (V.shape[0], 4)
+    torch.testing.assert_close(proj.projector.T @ proj.projector, torch.eye(4), atol=1e-5, rtol=0)
