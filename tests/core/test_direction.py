@@ -1,0 +1,147 @@
+"""Direction extraction: exact V per module by name, biases skipped, shards, errors, loader."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from asft.direction import DirectionConfig, extract_direction, load_direction
+from asft.errors import AsftError
+
+
+def weights(folder):
+    out = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        out.update(load_file(path))
+    return out
+
+
+def test_direction_is_the_exact_weight_difference_per_module(llama_pair, tmp_path):
+    aligned, base = llama_pair  # base is sharded with an index, aligned is one file
+    manifest = extract_direction(DirectionConfig(aligned=str(aligned), base=str(base), out=str(tmp_path / "d")))
+    wa, wb = weights(aligned), weights(base)
+    expected = {k[:-7]: wa[k] - wb[k] for k in wa if k.endswith(("q_proj.weight", "v_proj.weight"))}
+    got = load_file(tmp_path / "d" / "direction.safetensors")
+    assert sorted(got) == sorted(expected) == manifest["modules"]
+    assert len(got) == 4  # 2 layers x (q, v)
+    for name, v in expected.items():
+        assert torch.equal(got[name], v)
+        assert manifest["frobenius_norms"][name] == pytest.approx(torch.linalg.matrix_norm(v).item(), rel=1e-6)
+        assert manifest["shapes"][name] == list(v.shape)
+    assert manifest["aligned"]["sha256"] != manifest["base"]["sha256"]
+    assert len(manifest["top_singular_values"]) == 3
+    first = manifest["modules"][0]
+    assert manifest["top_singular_values"][first] == pytest.approx(
+        torch.linalg.svdvals(expected[first])[:8].tolist(), rel=1e-5)
+    on_disk = json.loads((tmp_path / "d" / "manifest.json").read_text())
+    assert on_disk["direction_sha256"] == manifest["direction_sha256"]
+
+
+def test_biases_are_excluded_and_pairing_is_by_name(qwen_pair, tmp_path):
+    aligned, base = qwen_pair
+    extract_direction(DirectionConfig(aligned=str(aligned), base=str(base), out=str(tmp_path / "d"),
+                                      target_modules=["q_proj", "k_proj", "v_proj"]))
+    got = load_file(tmp_path / "d" / "direction.safetensors")
+    wa, wb = weights(aligned), weights(base)
+    assert sorted(got) == sorted(k[:-7] for k in wa if k.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight")))
+    for name, v in got.items():
+        assert v.ndim == 2
+        assert torch.equal(v, wa[name + ".weight"] - wb[name + ".weight"])
+
+
+def test_regex_targets_and_bf16_storage(llama_pair, tmp_path):
+    aligned, base = llama_pair
+    extract_direction(DirectionConfig(aligned=str(aligned), base=str(base), out=str(tmp_path / "d"),
+                                      target_regex=r"model\.layers\.1\.mlp\.(up|down)_proj", dtype="bfloat16"))
+    with safe_open(tmp_path / "d" / "direction.safetensors", framework="pt") as fh:
+        assert sorted(fh.keys()) == ["model.layers.1.mlp.down_proj", "model.layers.1.mlp.up_proj"]
+        assert fh.get_slice("model.layers.1.mlp.up_proj").get_dtype() == "BF16"
+    loaded = load_direction(tmp_path / "d")
+    wa, wb = weights(aligned), weights(base)
+    exact = wa["model.layers.1.mlp.up_proj.weight"] - wb["model.layers.1.mlp.up_proj.weight"]
+    assert loaded.vectors["model.layers.1.mlp.up_proj"].dtype == torch.float32
+    torch.testing.assert_close(loaded.vectors["model.layers.1.mlp.up_proj"], exact, rtol=1e-2, atol=1e-3)
+
+
+def test_load_direction_subset_hash_and_corruption(llama_pair, tmp_path):
+    aligned, base = llama_pair
+    manifest = extract_direction(DirectionConfig(aligned=str(aligned), base=str(base), out=str(tmp_path / "d")))
+    name = manifest["modules"][1]
+    loaded = load_direction(tmp_path / "d", modules=[name], dtype=torch.float64)
+    assert list(loaded.vectors) == [name] and loaded.vectors[name].dtype == torch.float64
+    assert loaded.sha256 == manifest["direction_sha256"]
+    assert loaded.norms[name] == pytest.approx(manifest["frobenius_norms"][name], rel=1e-6)
+    with pytest.raises(AsftError, match="has no module"):
+        load_direction(tmp_path / "d", modules=["model.layers.0.mlp.up_proj"])
+    path = tmp_path / "d" / "direction.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(AsftError, match="does not match the hash"):
+        load_direction(tmp_path / "d")
+
+
+def copy_checkpoint(src, dst, edit_config=None, drop=None):
+    shutil.copytree(src, dst)
+    if edit_config:
+        config = json.loads((dst / "config.json").read_text())
+        config.update(edit_config)
+        (dst / "config.json").write_text(json.dumps(config))
+    if drop:
+        from safetensors.torch import save_file
+
+        tensors = load_file(dst / "model.safetensors")
+        del tensors[drop]
+        save_file(tensors, dst / "model.safetensors", metadata={"format": "pt"})
+    return dst
+
+
+def test_errors_are_one_clear_line(llama_pair, qwen_pair, tmp_path):
+    aligned, base = llama_pair
+
+    def run(a=aligned, b=base, **kw):
+        extract_direction(DirectionConfig(aligned=str(a), base=str(b), out=str(tmp_path / "out"), **kw))
+
+    with pytest.raises(AsftError, match="architectures differ"):
+        run(b=qwen_pair[1])
+    with pytest.raises(AsftError, match="match no weight"):
+        run(target_modules=["nonexistent_proj"])
+    with pytest.raises(AsftError, match="not a matrix"):
+        run(target_modules=["input_layernorm"])
+    missing = copy_checkpoint(aligned, tmp_path / "missing", drop="model.layers.1.self_attn.v_proj.weight")
+    with pytest.raises(AsftError, match="missing from the aligned model"):
+        run(a=missing)
+    from transformers import LlamaForCausalLM
+
+    config = LlamaForCausalLM.config_class.from_pretrained(base)
+    config.hidden_size = 48
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "wide")
+    with pytest.raises(AsftError, match="shapes differ"):
+        run(b=tmp_path / "wide")
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    shutil.copy(base / "config.json", pickled / "config.json")
+    (pickled / "pytorch_model.bin").write_bytes(b"not loaded")
+    with pytest.raises(AsftError, match="pickle"):
+        run(b=pickled)
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_direction_json_and_error(llama_pair, tmp_path):
+    aligned, base = llama_pair
+    cmd = [sys.executable, "-m", "asft", "direction", "--aligned", str(aligned), "--base", str(base),
+           "--out", str(tmp_path / "d"), "--target-modules", "q_proj", "--dtype", "float16", "--json"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["modules"] == 2 and summary["dtype"] == "float16"
+    assert summary["direction_sha256"] == load_direction(tmp_path / "d").sha256
+    bad = subprocess.run(cmd[:-3] + ["--dtype", "int8"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.startswith("asft: error: --dtype")
