@@ -43,7 +43,7 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,249}$")
 _BATCH = 1000  # MLflow's limit of metrics per log_batch call
 
 
-def embedded_tracking_uri(folder: str | os.PathLike = "mlflow") -> str:
+def embedded_tracking_uri(folder: str | os.PathLike = ".asft/mlflow") -> str:
     """``sqlite:///<abs folder>/mlflow.db``; artefacts of new experiments go to ``<folder>/artifacts``."""
     path = Path(folder).expanduser().resolve()
     path.mkdir(parents=True, exist_ok=True)
@@ -51,7 +51,7 @@ def embedded_tracking_uri(folder: str | os.PathLike = "mlflow") -> str:
 
 
 def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
-    """The given URI, else ``MLFLOW_TRACKING_URI``, else the embedded store in ``./mlflow``."""
+    """The given URI, else ``MLFLOW_TRACKING_URI``, else the embedded store in ``./.asft/mlflow``."""
     return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or embedded_tracking_uri()
 
 

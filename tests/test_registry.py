@@ -219,4 +219,4 @@ def test_resolve_tracking_uri(monkeypatch, tmp_path):
     assert registry.resolve_tracking_uri("sqlite:///x.db") == "sqlite:///x.db"
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     monkeypatch.chdir(tmp_path)
-    assert registry.resolve_tracking_uri() == f"sqlite:///{tmp_path.resolve()}/mlflow/mlflow.db"
+    assert registry.resolve_tracking_uri() == f"sqlite:///{tmp_path.resolve()}/.asft/mlflow/mlflow.db"
