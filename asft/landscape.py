@@ -25,14 +25,20 @@ the width is 0.
 
 from __future__ import annotations
 
+import json
 import math
+import time
 from typing import Literal, Mapping, Sequence
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from asft.errors import AsftError
-from asft.templates import TemplateName
+from asft.evaluation.evaluate import user_text
+from asft.evaluation.judges import JudgeConfig
+from asft.plots import save_png
+from asft.storage import join, staged_dir
+from asft.templates import TemplateName, render_prompt
 from asft.update_inspection import ModuleUpdate
 
 
@@ -49,13 +55,15 @@ class LandscapeConfig(BaseModel):
     limit: int = Field(32, ge=1, le=100_000, description="Harmful prompts scored at each point (the first N of the file)")
     max_new_tokens: int = Field(16, ge=1, le=2048, description="Answer length; a refusal shows in the first few tokens")
     batch_size: int = Field(32, ge=1, le=4096, description="Generation batch size")
-    judge: str = Field("keyword", description="Judge of harmfulness (see asft.evaluation); keyword measures refusal")
+    judge: JudgeConfig = Field(default_factory=JudgeConfig, description="Judge of the harmful answers; keyword measures refusal")
     template: TemplateName = Field("alpaca", description="Prompt template used for generation")
     modules: Literal["direction", "all"] = Field(
         "direction", description="direction: the direction's modules; all: every 2-D weight, with V = W_aligned - W_base (needs the base checkpoint)")
     seed: int = Field(0, ge=0, description="Seed of the random orthogonal direction")
     utility_limit: int = Field(32, ge=1, le=100_000, description="Utility rows scored at each point, per task")
+    utility_max_new_tokens: int = Field(16, ge=1, le=2048, description="Answer length for the utility sets (gsm8k needs more)")
     device: str = Field("auto", description="auto (CUDA when available), cpu, cuda, cuda:1 ...")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="Model dtype (auto: bf16 on CUDA, else float32)")
 
     @model_validator(mode="after")
     def _ranges(self) -> "LandscapeConfig":
@@ -206,3 +214,235 @@ def project_onto_axes(updates: Mapping[str, ModuleUpdate], axes: Sequence[Mappin
     residual = max(energy - float(rhs @ coords), 0.0)
     return {"coords": coords.tolist(), "residual_share": math.sqrt(residual / energy) if energy > 0 else 0.0,
             "update_norm": math.sqrt(energy)}
+
+
+# ---------------------------------------------------------------- the sweep
+
+def alignment_vectors(config: LandscapeConfig, model, direction: str | None, base: str | None) -> dict[str, torch.Tensor]:
+    """d_aligned per target: the direction's V, or W_aligned - W_base for every 2-D weight."""
+    from asft.direction import _read, _tensor_files, load_direction
+    from asft.modeling import resolve_checkpoint
+
+    if config.modules == "direction":
+        if direction is None:
+            raise AsftError("no direction given; pass --direction (a folder written by `asft direction`), "
+                            "or --modules all with --base")
+        return load_direction(direction).vectors
+    if base is None:
+        raise AsftError("--modules all takes d_aligned = W_aligned - W_base for every 2-D weight; pass --base")
+    files = _tensor_files(resolve_checkpoint(base, "base model"), "base model")
+    vectors = {}
+    for name, param in model.named_parameters():
+        if param.dim() != 2:
+            continue  # norm layers and biases stay untouched
+        if name not in files:
+            raise AsftError(f"base model {base}: has no tensor {name}; give the base the aligned model was trained from")
+        W_b = _read(files[name], name).float()
+        if tuple(W_b.shape) != tuple(param.shape):
+            raise AsftError(f"base model {base}: {name} is {tuple(W_b.shape)}, the model's is {tuple(param.shape)}")
+        vectors[name] = param.detach().float().cpu() - W_b
+    return vectors
+
+
+def finetuned_updates(uri: str, aligned: str, modules: list[str]) -> dict[str, ModuleUpdate]:
+    """The update of a PEFT adapter folder, or of a full checkpoint against ``aligned``, on ``modules``."""
+    from asft.storage import materialize
+    from asft.update_inspection import ADAPTER_CONFIG, adapter_updates, checkpoint_updates
+
+    if (materialize(uri) / ADAPTER_CONFIG).exists():
+        return adapter_updates(uri)
+    return dict(checkpoint_updates(uri, aligned, modules))
+
+
+class _Scorer:
+    """Scores the model as it currently is: harmful score, refusal rate, utility accuracies."""
+
+    def __init__(self, config: LandscapeConfig, tokenizer, harmful: str, utility: Mapping[str, str]):
+        from asft.evaluation.datasets import load_harmful, load_utility
+        from asft.evaluation.judges import KeywordJudge, make_judge
+        from asft.evaluation.scorers import make_scorer
+
+        self.config, self.tokenizer = config, tokenizer
+        records = load_harmful(harmful, config.limit)
+        self.prompts = self._render([r for r in records])
+        self.questions = [user_text(r) for r in records]
+        self.utility = {}
+        for task, uri in utility.items():
+            try:
+                scorer = make_scorer(task)
+            except ValueError as exc:
+                raise AsftError(f"--utility {task}={uri}: {exc}") from None
+            rows = load_utility(task, uri, config.utility_limit)
+            self.utility[task] = (self._render([row.record for row in rows]), [row.gold for row in rows], scorer)
+        self.judge = make_judge(config.judge, device=config.device, dtype=config.dtype)
+        self.keyword = KeywordJudge()
+
+    def _render(self, records) -> list[str]:
+        try:
+            return [render_prompt(r, self.config.template, self.tokenizer) for r in records]
+        except ValueError as exc:
+            raise AsftError(f"template {self.config.template}: {exc}") from None
+
+    def __call__(self, model) -> dict[str, float]:
+        from asft.evaluation.generation import generate
+        config, special = self.config, self.config.template != "chat"  # chat templates carry BOS already
+        answers = generate(model, self.tokenizer, self.prompts, batch_size=config.batch_size,
+                           max_new_tokens=config.max_new_tokens, add_special_tokens=special, progress=False)
+        flagged = sum(v.flagged for v in self.judge.flags(self.questions, answers))
+        refused = sum(not v.flagged for v in self.keyword.flags(self.questions, answers))
+        row = {"harmful_score": 100.0 * flagged / len(answers), "refusal_rate": 100.0 * refused / len(answers)}
+        for task, (prompts, golds, scorer) in self.utility.items():
+            task_answers = generate(model, self.tokenizer, prompts, batch_size=config.batch_size,
+                                    max_new_tokens=config.utility_max_new_tokens, add_special_tokens=special, progress=False)
+            row[f"utility_{task}"] = 100.0 * sum(map(scorer, task_answers, golds)) / len(golds)
+        return row
+
+
+def _slice(rows: list[dict], axis: str) -> list[dict]:
+    other = "b" if axis == "a" else "a"
+    return sorted((r for r in rows if r[other] == 0.0), key=lambda r: r[axis])
+
+
+def plot_slices(rows: list[dict], threshold: float, marks: Mapping[str, tuple[float, float]]):
+    """Harmful score and refusal rate along each axis (the other at 0), with the threshold."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2, sharey=True)
+    labels = {"a": "a: along the alignment direction V (units of ||V||)",
+              "b": "b: along a random direction orthogonal to V (units of ||V||)"}
+    for ax, axis in zip(axes, ("a", "b")):
+        line = _slice(rows, axis)
+        xs = [r[axis] for r in line]
+        ax.plot(xs, [r["harmful_score"] for r in line], marker="o", label="harmful score")
+        ax.plot(xs, [r["refusal_rate"] for r in line], marker=".", linestyle="--", label="refusal rate")
+        for key in sorted(k for k in line[0] if k.startswith("utility_")):
+            ax.plot(xs, [r[key] for r in line], marker="s", linestyle=":", label=key.replace("_", " "))
+        ax.axhline(threshold, color="grey", linewidth=0.8, label=f"threshold {threshold:g}%")
+        for name, point in marks.items():
+            coordinate = point[0] if axis == "a" else point[1]
+            # the aligned model is every slice's centre; others are drawn where they sit off it
+            if (name == "aligned" or coordinate != 0.0) and min(xs) <= coordinate <= max(xs):
+                ax.axvline(coordinate, color="black", linestyle=":", linewidth=0.8)
+                ax.annotate(name, (coordinate, 95), rotation=90, fontsize=7, ha="right", va="top")
+        ax.set_xlabel(labels[axis])
+        ax.set_ylim(-2, 102)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("% of answers")
+    axes[0].legend(fontsize=7, loc="center left")
+    return fig
+
+
+def plot_grid(rows: list[dict], threshold: float, marks: Mapping[str, tuple[float, float]]):
+    """Heatmap of the harmful score over (a, b), the basin's threshold contour and the marked models."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    a_values = sorted({r["a"] for r in rows})
+    b_values = sorted({r["b"] for r in rows})
+    score = {(r["a"], r["b"]): r["harmful_score"] for r in rows}
+    Z = [[score[(a, b)] for a in a_values] for b in b_values]
+    fig = Figure(figsize=(6.5, 5.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    mesh = ax.pcolormesh(a_values, b_values, Z, shading="nearest", cmap="RdYlGn_r", vmin=0, vmax=100)
+    fig.colorbar(mesh, ax=ax, label="harmful score (%)")
+    if len(a_values) > 1 and len(b_values) > 1:
+        ax.contour(a_values, b_values, Z, levels=[threshold], colors="black", linewidths=1)
+    for name, (a, b) in marks.items():
+        ax.plot([a], [b], marker="*" if name == "aligned" else "o", color="black", markersize=9)
+        ax.annotate(name, (a, b), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.set_xlabel("a: along the alignment direction V (units of ||V||)")
+    ax.set_ylabel("b: along a random direction orthogonal to V (units of ||V||)")
+    ax.set_title(f"harmful score; contour at {threshold:g}%", fontsize=9)
+    return fig
+
+
+def _log_to_run(run_id: str, out: str, summary: dict) -> None:
+    from asft import registry
+
+    registry.log_artifacts(run_id, out, "landscape")
+    registry.log_metrics(run_id, {f"landscape_{key}": summary[key] for key in ("width_aligned", "width_perp", "seconds_per_point")})
+
+
+def landscape(model: str, harmful: str, out: str, *, direction: str | None = None, base: str | None = None,
+              finetuned: str | None = None, utility: Mapping[str, str] | None = None,
+              config: LandscapeConfig | None = None, run_id: str | None = None, progress=None) -> dict:
+    """Sweep the grid around ``model`` and write grid.csv, plots and summary.json to ``out``.
+
+    Returns the summary: widths along each axis (units of ||V||), the threshold, the
+    fine-tuned model's coordinates when given, per-point timing and the file paths.
+    """
+    from asft.evaluation.generation import load_model
+
+    config = config or LandscapeConfig()
+    say = progress or (lambda message: None)
+    started = time.perf_counter()
+    lm, tokenizer = load_model(model, dtype=config.dtype, device=config.device)
+    d_aligned = alignment_vectors(config, lm, direction, base)
+    scorer = _Scorer(config, tokenizer, harmful, utility or {})  # bad prompt files fail before the sweep
+    d_perp = perpendicular_direction(d_aligned, config.seed)
+    marks = {"aligned": (0.0, 0.0), "base (a=-1)": (-1.0, 0.0)}
+    projection = None
+    if finetuned is not None:
+        updates = finetuned_updates(finetuned, model, sorted(d_aligned))
+        projection = project_onto_axes(updates, [d_aligned, d_perp])
+        marks["fine-tuned"] = tuple(projection["coords"])
+    points = grid_points(config)
+    rows = []
+    with WeightShift(lm, [d_aligned, d_perp]) as shift:
+        for i, (a, b) in enumerate(points, start=1):
+            tick = time.perf_counter()
+            shift.move(a, b)
+            row = {"a": a, "b": b, **scorer(lm)}
+            row["seconds"] = time.perf_counter() - tick
+            rows.append(row)
+            say(f"landscape: point {i}/{len(points)} a={a:+.3f} b={b:+.3f} harmful={row['harmful_score']:.1f}% "
+                f"refusal={row['refusal_rate']:.1f}% ({row['seconds']:.2f}s)")
+    restored = all(torch.equal(p.detach().float(), shift.original[n]) for n, p in shift.params.items())
+    if not restored:
+        raise RuntimeError("landscape: the model's weights differ from the originals after the sweep")
+    widths = {axis: basin_width([r[axis] for r in _slice(rows, axis)], [r["harmful_score"] for r in _slice(rows, axis)],
+                                config.threshold) for axis in ("a", "b")}
+    sweep_seconds = sum(r["seconds"] for r in rows)
+    summary = {
+        "width_aligned": widths["a"]["width"],
+        "width_perp": widths["b"]["width"],
+        "basin_aligned": widths["a"],
+        "basin_perp": widths["b"],
+        "threshold": config.threshold,
+        "units": "||V||_F: a = 1 is one full step W_base -> W_aligned on the target modules",
+        "aligned_point": next(r for r in rows if r["a"] == 0.0 and r["b"] == 0.0),
+        "finetuned": None if projection is None else {"uri": finetuned, "a": projection["coords"][0],
+                                                      "b": projection["coords"][1],
+                                                      "residual_share": projection["residual_share"],
+                                                      "update_norm": projection["update_norm"]},
+        "points": len(rows),
+        "seconds_per_point": sweep_seconds / len(rows),
+        "sweep_seconds": sweep_seconds,
+        "modules": len(d_aligned),
+        "direction_norm": math.sqrt(sum(float(v.float().square().sum()) for v in d_aligned.values())),
+        "restored_bitwise": restored,
+        "protocol": {"harmful": harmful, "prompts": len(scorer.prompts), "judge": scorer.judge.describe(),
+                     "max_new_tokens": config.max_new_tokens, "decoding": "greedy", "template": config.template},
+        "config": config.model_dump(mode="json"),
+        "model": model, "direction": direction, "base": base,
+    }
+    files = {"grid": "grid.csv", "summary": "summary.json", "plot_1d": "landscape_1d.png"}
+    if config.mode == "2d":
+        files["plot_2d"] = "landscape_2d.png"
+    with staged_dir(out) as tmp:
+        columns = list(rows[0])
+        (tmp / "grid.csv").write_text(",".join(columns) + "\n" + "".join(",".join(f"{r[c]:.6g}" for c in columns) + "\n" for r in rows))
+        save_png(plot_slices(rows, config.threshold, marks), tmp / files["plot_1d"])
+        if config.mode == "2d":
+            save_png(plot_grid(rows, config.threshold, marks), tmp / files["plot_2d"])
+        summary["seconds"] = time.perf_counter() - started
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    summary["files"] = {key: join(out, name) for key, name in files.items()}
+    summary["plots"] = [summary["files"][key] for key in files if key.startswith("plot")]
+    if run_id:
+        _log_to_run(run_id, out, summary)
+    return summary

@@ -27,7 +27,6 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
@@ -155,32 +154,19 @@ def adapter_updates(uri: str) -> dict[str, ModuleUpdate]:
     return updates
 
 
-def _tensor_index(folder: Path) -> dict[str, Path]:
-    """Tensor name -> safetensors shard holding it."""
-    from safetensors import safe_open
-
-    index = {}
-    for shard in sorted(folder.glob("*.safetensors")):
-        with safe_open(str(shard), framework="pt") as fh:
-            index.update({key: shard for key in fh.keys()})
-    return index
-
-
 def checkpoint_updates(checkpoint: str, aligned: str, modules: list[str]) -> Iterator[tuple[str, ModuleUpdate]]:
     """``W_ft - W_aligned`` for each module, read one tensor at a time (never a whole model)."""
-    from safetensors import safe_open
-
+    from asft.direction import _read, _tensor_files
     from asft.modeling import resolve_checkpoint
 
-    tuned_index = _tensor_index(resolve_checkpoint(checkpoint, "checkpoint"))
-    aligned_index = _tensor_index(resolve_checkpoint(aligned, "aligned model"))
+    tuned_files = _tensor_files(resolve_checkpoint(checkpoint, "checkpoint"), "checkpoint")
+    aligned_files = _tensor_files(resolve_checkpoint(aligned, "aligned model"), "aligned model")
     for module in modules:
         key = f"{module}.weight"
-        for index, uri in ((tuned_index, checkpoint), (aligned_index, aligned)):
-            if key not in index:
+        for files, uri in ((tuned_files, checkpoint), (aligned_files, aligned)):
+            if key not in files:
                 raise AsftError(f"{uri}: has no tensor {key} (a direction module); use the checkpoint the direction was built for")
-        with safe_open(str(tuned_index[key]), framework="pt") as ft, safe_open(str(aligned_index[key]), framework="pt") as al:
-            yield module, ModuleUpdate(B=ft.get_tensor(key).float() - al.get_tensor(key).float())
+        yield module, ModuleUpdate(B=_read(tuned_files[key], key).float() - _read(aligned_files[key], key).float())
 
 
 # ---------------------------------------------------------------- the report
@@ -256,7 +242,7 @@ def inspect_update(direction: str, *, adapter: str | None = None, checkpoint: st
         stream: Iterator[tuple[str, ModuleUpdate]] = iter(updates.items())
         source = {"adapter": adapter}
     else:
-        aligned = aligned or loaded.manifest.get("aligned")
+        aligned = aligned or (loaded.manifest.get("aligned") or {}).get("uri")
         if not aligned:
             raise AsftError(f"direction {direction}: its manifest names no aligned model; pass --aligned")
         untouched = []
