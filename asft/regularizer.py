@@ -41,12 +41,16 @@ def asft_penalty(A: torch.Tensor, B: torch.Tensor, V: torch.Tensor | None, norm:
         U = projector.to(dtype)
         X = B - U @ (U.T @ B)
     else:
-        V = V.to(dtype)
-        X = B - V @ (V.T @ B) / norm
+        X = B - apply_anchor(B, V.to(dtype), norm)
     penalty = ((X.T @ X) * (A @ A.T)).sum()
     if scaling is not None:
         penalty = penalty * (scaling * scaling)
     return penalty
+
+
+def apply_anchor(B: torch.Tensor, V: torch.Tensor, norm: float | torch.Tensor) -> torch.Tensor:
+    """C @ B = V (V^T B) / n, without forming the (out, out) matrix C."""
+    return V @ (V.T @ B) / norm
 
 
 def top_k_projector(V: torch.Tensor, k: int) -> torch.Tensor:

@@ -9,14 +9,14 @@ from asft.cli.app import JSON_OPTION, app, emit, progress
 from asft.errors import AsftError
 
 
-def validated(model: type[BaseModel], **fields) -> BaseModel:
+def validated(schema: type[BaseModel], /, **fields) -> BaseModel:
     """A config from CLI options, with pydantic's complaint as one AsftError line naming the option."""
     try:
-        return model(**fields)
+        return schema(**fields)
     except ValidationError as exc:
         first = exc.errors()[0]
         option = "--" + str(first["loc"][0]).replace("_", "-") if first["loc"] else "options"
-        raise AsftError(f"{option}: {first['msg']}") from None
+        raise AsftError(f"{option}: {first['msg'].removeprefix('Value error, ')}") from None
 
 
 @app.command("direction")

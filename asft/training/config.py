@@ -1,0 +1,107 @@
+"""``TrainConfig``: one config for SFT, AsFT and Safe LoRA runs (also the Prefect form and
+the YAML/CLI config). Unset hyper-parameters come from the preset."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from asft.templates import TemplateName
+
+# The paper's setup is the field defaults (method.md, "Reference hyper-parameters").
+# The sandbox preset suits the tiny offline world: a few fast CPU epochs that are enough for
+# plain SFT on the p=0.1 mixture to break the tiny aligned model's refusals.
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "sandbox": {"lr": 2e-3, "epochs": 3, "max_length": 128, "batch_size": 8},
+}
+
+# Fields that may change between an interrupted run and its --resume.
+RESUME_FREE_FIELDS = ("resume", "checkpoint_every", "keep_checkpoints", "device")
+
+
+class TrainConfig(BaseModel):
+    """A LoRA fine-tuning run: plain SFT, AsFT (LoRA + lam * anchor penalty) or Safe LoRA."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="Aligned checkpoint to fine-tune (HF folder with safetensors; path or URI)")
+    out: str = Field(description="Output folder or URI: PEFT adapter, metrics.jsonl, train_manifest.json")
+    data: str | None = Field(None, description="Training rows: JSON array or JSONL with instruction, input (optional), output")
+    method: Literal["sft", "asft", "safelora"] = Field(
+        "asft", description="sft: plain LoRA; asft: LoRA + lam * sum of anchor penalties; "
+        "safelora: SFT (or --adapter) then Safe LoRA's post-hoc projection")
+    direction: str | None = Field(None, description="Alignment direction folder from `asft direction` "
+                                  "(needed by asft and safelora; with sft the penalty is only logged)")
+    adapter: str | None = Field(None, description="safelora only: project this existing PEFT adapter instead of training")
+    preset: Literal["paper", "sandbox"] = Field("paper", description="Defaults for unset hyper-parameters")
+
+    lam: float = Field(1.0, ge=0.0, description="Weight of the AsFT penalty (summed over modules)")
+    anchor: Literal["fro", "projector"] = Field(
+        "fro", description="fro: the paper's C = V V^T / ||V||_F; projector: P = U_k U_k^T (top-k left singular vectors)")
+    top_k: int = Field(8, ge=1, le=4096, description="k of the projector anchor")
+    penalty_scaling: bool = Field(False, description="Include LoRA's alpha/r in the penalised update (the reference does not)")
+    direction_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="dtype V is kept in on the training device (the penalty is float32 either way)")
+
+    lora_r: int = Field(8, ge=1, le=1024, description="LoRA rank")
+    lora_alpha: float = Field(32.0, gt=0, description="LoRA alpha (scaling alpha/r)")
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input")
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"],
+                                      description="LoRA target module-name suffixes")
+
+    lr: float = Field(5e-5, gt=0, le=1.0, description="AdamW learning rate")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay")
+    lr_decay: float = Field(0.85, gt=0.0, le=1.0, description="LR multiplier applied after each epoch")
+    epochs: int = Field(10, ge=1, le=1000, description="Passes over the data")
+    batch_size: int = Field(8, ge=1, le=4096, description="Examples per optimizer step")
+    max_length: int = Field(512, ge=8, le=131072, description="Tokens per example (prompt + answer), truncated")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (smoke runs, benchmarks)")
+    seed: int = Field(42, ge=0, description="Seed for LoRA init, dropout and the per-epoch shuffle")
+    template: TemplateName = Field("alpaca", description="Prompt template (the prompt is masked out of the loss)")
+
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 autocast on a GPU that supports it, else fp32; the penalty is always float32")
+    device: str = Field("auto", description="auto (CUDA when available), cpu, cuda, cuda:1 ...")
+    trust_remote_code: bool = Field(False, description="Run custom model code shipped with the checkpoint")
+
+    checkpoint_every: int = Field(0, ge=0, description="Save a resumable checkpoint every N steps (0: never)")
+    checkpoint_dir: str | None = Field(None, description="Where checkpoints go (default: <out>.checkpoints)")
+    keep_checkpoints: int = Field(2, ge=1, description="How many recent checkpoints to keep")
+    resume: bool = Field(False, description="Continue from the latest checkpoint in checkpoint_dir, if any")
+
+    safelora_mode: Literal["threshold", "number"] = Field(
+        "threshold", description="threshold: project modules with cos <= tau; number: the K modules of lowest cos")
+    safelora_tau: float = Field(0.5, ge=-1.0, le=1.0, description="Safe LoRA cosine threshold")
+    safelora_k: int = Field(10, ge=1, description="Safe LoRA number mode: how many modules to project")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_from_preset(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            preset = PRESETS.get(data.get("preset") or "paper", {})
+            data = {k: v for k, v in data.items() if v is not None or k not in preset}
+            for key, value in preset.items():
+                data.setdefault(key, value)
+        return data
+
+    @model_validator(mode="after")
+    def _check_method(self) -> "TrainConfig":
+        if self.method in ("asft", "safelora") and not self.direction:
+            raise ValueError(f"method {self.method} needs direction (the output folder of `asft direction`)")
+        if self.adapter and self.method != "safelora":
+            raise ValueError("adapter is only used by method safelora (projecting an existing adapter)")
+        if not self.adapter and not self.data:
+            raise ValueError("data is required (a JSON/JSONL file of instruction/input/output rows)")
+        if not self.target_modules:
+            raise ValueError("target_modules is empty; give module names such as q_proj,v_proj")
+        return self
+
+    @property
+    def checkpoints(self) -> str:
+        return self.checkpoint_dir or self.out.rstrip("/") + ".checkpoints"
+
+    def resume_identity(self) -> dict[str, Any]:
+        """The fields a checkpoint must agree on to be resumed."""
+        return self.model_dump(mode="json", exclude=set(RESUME_FREE_FIELDS))
