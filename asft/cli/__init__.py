@@ -12,6 +12,7 @@ from asft.errors import AsftError
 from asft.cli import sandbox  # noqa: E402,F401
 from asft.cli import evaluate  # noqa: E402,F401
 from asft.cli import direction  # noqa: E402,F401
+from asft.cli import train  # noqa: E402,F401
 
 
 def main() -> None:
