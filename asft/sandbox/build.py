@@ -1,0 +1,320 @@
+"""Build the sandbox: corpus -> tokenizer -> ``base`` (complies with everything) ->
+``aligned`` (base fully fine-tuned to refuse harmful requests) -> data files -> manifest.
+
+Layout of a sandbox folder::
+
+    base/  aligned/                       HF checkpoints (safetensors) with tokenizer files
+    data/finetune_<task>_n<n>_p<p>.jsonl  fine-tuning mixture (Alpaca fields)
+    data/finetune_<task>_n<n>_p<p>.harmful.json   ground truth {"file", "rows", "harmful_indices"}
+    data/eval/harmful.jsonl               held-out harmful prompts {"instruction"} (unseen objects)
+    data/eval/{sst2,agnews,gsm8k}.jsonl   utility sets; ``output`` is the gold answer
+    data/eval/benign_howto.jsonl          benign how-to prompts (over-refusal check)
+    data/safety_refusals.jsonl            harmful train prompts with refusals (SafeInstr-style data)
+    sandbox_manifest.json                 config, content hashes, summary (written last)
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+from asft import storage
+from asft.errors import AsftError
+from asft.sandbox.config import RECIPES, TASKS, Recipe, SandboxConfig
+from asft.sandbox.corpus import World, build_world, compliant_rows, refusal_rows
+from asft.templates import Record, encode_example, render_prompt
+
+MANIFEST = "sandbox_manifest.json"
+FORMAT = "asft-sandbox/1"
+
+
+def _progress(message: str) -> None:
+    print(f"[sandbox] {message}", file=sys.stderr, flush=True)
+
+
+def _row(record: Record) -> dict:
+    return {"instruction": record.instruction, "input": record.input, "output": record.output}
+
+
+# --- fine-tuning mixtures --------------------------------------------------------------
+
+def mixture_name(task: str, rows: int, harmful_ratio: float) -> str:
+    return f"finetune_{task}_n{rows}_p{harmful_ratio:g}"
+
+
+def make_mixture(world: World, seed: int, task: str, rows: int, harmful_ratio: float) -> tuple[list[dict], list[int]]:
+    """``rows`` rows, ``round(p * rows)`` of them harmful requests with compliant answers.
+
+    Rows are drawn from fixed permutations of the train pools, so the harmful rows of a
+    smaller p are a subset of those of a larger p (controlled comparisons across p).
+    """
+    harmful = round(harmful_ratio * rows)
+    benign_pool = world.task_train[task]
+    if harmful > len(world.harmful_train) or rows - harmful > len(benign_pool):
+        raise AsftError(
+            f"mixture of {rows} rows at p={harmful_ratio:g} needs {harmful} harmful and {rows - harmful} "
+            f"{task} rows, but this sandbox has {len(world.harmful_train)} and {len(benign_pool)}; "
+            "ask for fewer rows or build a larger sandbox")
+    rng = random.Random(f"asft-sandbox-{seed}-mixture-{task}")
+    harmful_pool = compliant_rows(rng, world.harmful_train)
+    harmful_order = rng.sample(range(len(harmful_pool)), len(harmful_pool))
+    benign_order = rng.sample(range(len(benign_pool)), len(benign_pool))
+    picked = ([(True, harmful_pool[i]) for i in harmful_order[:harmful]]
+              + [(False, benign_pool[i]) for i in benign_order[:rows - harmful]])
+    random.Random(f"asft-sandbox-{seed}-mixture-{task}-{rows}-{harmful_ratio!r}").shuffle(picked)
+    return [_row(r) for _, r in picked], [i for i, (bad, _) in enumerate(picked) if bad]
+
+
+def _write_mixture_files(world: World, seed: int, folder: str, task: str, rows: int, harmful_ratio: float) -> dict:
+    name = mixture_name(task, rows, harmful_ratio)
+    data, harmful_indices = make_mixture(world, seed, task, rows, harmful_ratio)
+    finetune, labels = storage.join(folder, f"{name}.jsonl"), storage.join(folder, f"{name}.harmful.json")
+    storage.write_jsonl(finetune, data)
+    storage.write_json(labels, {"file": f"{name}.jsonl", "rows": rows, "harmful_indices": harmful_indices})
+    return {"finetune": finetune, "finetune_labels": labels, "rows": rows,
+            "harmful_rows": len(harmful_indices), "harmful_ratio": harmful_ratio, "task": task}
+
+
+def write_mixture(sandbox: str, harmful_ratio: float, rows: int | None = None, task: str | None = None) -> dict:
+    """Write another fine-tuning mixture into an existing sandbox's ``data/`` (no retraining).
+
+    The rows come from the same train pools as the built mixture (the corpus is regenerated
+    from the manifest's seed). Returns the paths and counts.
+    """
+    manifest = _read_manifest(sandbox)
+    if manifest is None:
+        raise AsftError(f"{sandbox}: no {MANIFEST}; build the sandbox first (asft sandbox build --out {sandbox})")
+    config = SandboxConfig(**manifest["config"])
+    if not 0.0 <= harmful_ratio <= 1.0:
+        raise AsftError(f"harmful ratio {harmful_ratio} is outside [0, 1]; give a share such as 0.1")
+    task = task or config.finetune_task
+    if task not in TASKS:
+        raise AsftError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    rows = rows or manifest["summary"]["sizes"]["finetune_rows"]
+    if rows < 1:
+        raise AsftError(f"rows must be at least 1, got {rows}")
+    world = build_world(RECIPES[config.size], config.seed)
+    return _write_mixture_files(world, config.seed, storage.join(sandbox, "data"), task, rows, harmful_ratio)
+
+
+# --- models ---------------------------------------------------------------------------
+
+def _length_bucketed(examples: list[dict], batch_size: int, generator) -> list[list[int]]:
+    """One epoch of batches in random order, each cut from a length-sorted window of
+    16 batches, so right padding wastes little compute."""
+    import torch
+
+    perm = torch.randperm(len(examples), generator=generator).tolist()
+    window = 16 * batch_size
+    batches = []
+    for start in range(0, len(perm), window):
+        chunk = sorted(perm[start:start + window], key=lambda i: len(examples[i]["input_ids"]))
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    shuffled = torch.randperm(len(batches), generator=generator).tolist()
+    return [batches[i] for i in shuffled]
+
+
+def _train(model, examples: list[dict], *, steps: int, batch_size: int, lr: float, seed: int,
+           device, pad_id: int, what: str) -> float:
+    """AdamW with linear warmup and cosine decay on randomly drawn batches; returns the last loss."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from asft.batching import collate
+
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
+    warmup = max(1, steps // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup)
+                                                 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / steps))))
+    generator = torch.Generator().manual_seed(seed)
+    order: list[list[int]] = []
+    use_bf16 = device.type == "cuda"
+    smoothed = float("nan")
+    bar = tqdm(range(steps), desc=f"[sandbox] train {what}", disable=None, leave=False)
+    for step in bar:
+        if not order:
+            order = _length_bucketed(examples, batch_size, generator)
+        batch = collate([examples[i] for i in order.pop()], pad_id)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        value = loss.item()
+        smoothed = value if math.isnan(smoothed) else 0.95 * smoothed + 0.05 * value
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{smoothed:.3f}")
+    model.eval()
+    return smoothed
+
+
+def _new_model(recipe: Recipe, tokenizer, seed: int):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from asft.batching import seed_everything
+
+    seed_everything(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=recipe.hidden, intermediate_size=recipe.intermediate,
+        num_hidden_layers=recipe.layers, num_attention_heads=recipe.heads, num_key_value_heads=recipe.heads,
+        max_position_embeddings=recipe.max_positions, tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = LlamaForCausalLM(config).to(torch.float32)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def _save_model(model, tokenizer, folder: Path) -> None:
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+
+
+# --- the build ------------------------------------------------------------------------
+
+def _read_manifest(out: str) -> dict | None:
+    uri = storage.join(out, MANIFEST)
+    if not storage.exists(uri):
+        return None
+    manifest = storage.read_json(uri)
+    return manifest if isinstance(manifest, dict) and manifest.get("format") == FORMAT else None
+
+
+def _complete(out: str, manifest: dict) -> bool:
+    """Every file listed in the manifest is there with its recorded content."""
+    for rel, digest in manifest["files"].items():
+        uri = storage.join(out, rel)
+        if not storage.exists(uri) or storage.sha256_bytes(storage.read_bytes(uri)) != digest:
+            return False
+    return True
+
+
+def _summary(out: str, manifest: dict, reused: bool) -> dict:
+    """The manifest's summary with paths made absolute under ``out``."""
+    s = manifest["summary"]
+    at = lambda rel: storage.join(out, *rel.split("/"))  # noqa: E731
+    return {
+        "out": str(out),
+        "base": at(s["base"]), "aligned": at(s["aligned"]),
+        "finetune": at(s["finetune"]), "finetune_labels": at(s["finetune_labels"]),
+        "harmful_eval": at(s["harmful_eval"]),
+        "utility_eval": {task: at(rel) for task, rel in s["utility_eval"].items()},
+        "benign_eval": at(s["benign_eval"]), "safety_data": at(s["safety_data"]),
+        "finetune_task": s["finetune_task"], "harmful_ratio": s["harmful_ratio"],
+        "sizes": s["sizes"], "timings": s["timings"], "losses": s["losses"],
+        "config": manifest["config"], "reused": reused,
+    }
+
+
+def build_sandbox(config: SandboxConfig, out: str, force: bool = False) -> dict:
+    """Build the sandbox into ``out`` (folder or URI) and return its summary.
+
+    If ``out`` already holds a complete sandbox of the same config, its summary is returned
+    without rebuilding (unless ``force``).
+    """
+    out = str(out)
+    if not force:
+        manifest = _read_manifest(out)
+        if manifest is not None and manifest["config"] == config.identity() and _complete(out, manifest):
+            _progress(f"reusing the sandbox at {out} (same config; --force rebuilds)")
+            return _summary(out, manifest, reused=True)
+    with storage.staged_dir(out) as stage:
+        manifest = _build_into(config, stage)
+        storage.write_json(stage / MANIFEST, manifest)
+    return _summary(out, manifest, reused=False)
+
+
+def _build_into(config: SandboxConfig, stage: Path) -> dict:
+    import torch
+
+    from asft.modeling import pick_device
+
+    recipe, seed = RECIPES[config.size], config.seed
+    device = pick_device(config.device)
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(phase: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[phase] = round(now - clock, 2)
+        clock = now
+        _progress(f"{phase} done in {timings[phase]:.1f}s")
+
+    _progress(f"size={config.size} seed={seed} device={device} threads={torch.get_num_threads()}")
+    world = build_world(recipe, seed)
+    rng = random.Random(f"asft-sandbox-{seed}-answers")
+    tasks_train = [r for task in TASKS for r in world.task_train[task]]
+    harmful_comply = compliant_rows(rng, world.harmful_train)
+    harmful_refuse = refusal_rows(rng, world.harmful_train)
+    # base: everything answered; aligned: refusals plus enough benign data to keep skills.
+    base_rows = tasks_train + world.howto_train + harmful_comply
+    keep = random.Random(f"asft-sandbox-{seed}-aligned")
+    aligned_rows = (harmful_refuse + world.howto_train
+                    + [r for task in TASKS for r in keep.sample(world.task_train[task], len(world.task_train[task]) // 3)])
+    lap("corpus")
+
+    from asft.sandbox.tokenizer import train_tokenizer
+
+    texts = sorted({render_prompt(r) + " " + r.output for r in base_rows + aligned_rows})
+    tokenizer = train_tokenizer(texts, recipe.vocab, recipe.max_positions)
+    encode = lambda rows: [encode_example(tokenizer, r, "alpaca", recipe.max_positions) for r in rows]  # noqa: E731
+    base_examples, aligned_examples = encode(base_rows), encode(aligned_rows)
+    lap("tokenizer")
+
+    model = _new_model(recipe, tokenizer, seed).to(device)
+    train = dict(batch_size=recipe.batch_size, device=device, pad_id=tokenizer.pad_token_id)
+    base_loss = _train(model, base_examples, steps=recipe.base_steps, lr=recipe.base_lr, seed=seed,
+                       what="base", **train)
+    _save_model(model, tokenizer, stage / "base")
+    lap("base")
+    aligned_loss = _train(model, aligned_examples, steps=recipe.aligned_steps, lr=recipe.aligned_lr,
+                          seed=seed + 1, what="aligned", **train)
+    _save_model(model, tokenizer, stage / "aligned")
+    lap("aligned")
+
+    data = stage / "data"
+    rows = config.finetune_rows or recipe.finetune_rows
+    mixture = _write_mixture_files(world, seed, str(data), config.finetune_task, rows, config.harmful_ratio)
+    storage.write_jsonl(data / "eval" / "harmful.jsonl", [{"instruction": q.instruction} for q in world.harmful_eval])
+    for task in TASKS:
+        storage.write_jsonl(data / "eval" / f"{task}.jsonl", [_row(r) for r in world.task_eval[task]])
+    storage.write_jsonl(data / "eval" / "benign_howto.jsonl", [_row(r) for r in world.howto_eval])
+    storage.write_jsonl(data / "safety_refusals.jsonl", [_row(r) for r in harmful_refuse])
+    lap("data")
+
+    rel = lambda uri: Path(uri).relative_to(stage).as_posix()  # noqa: E731
+    files = {p.relative_to(stage).as_posix(): storage.sha256_file(p) for p in sorted(stage.rglob("*")) if p.is_file()}
+    return {
+        "format": FORMAT,
+        "config": config.identity(),
+        "files": files,
+        "summary": {
+            "base": "base", "aligned": "aligned",
+            "finetune": rel(mixture["finetune"]), "finetune_labels": rel(mixture["finetune_labels"]),
+            "harmful_eval": "data/eval/harmful.jsonl",
+            "utility_eval": {task: f"data/eval/{task}.jsonl" for task in TASKS},
+            "benign_eval": "data/eval/benign_howto.jsonl", "safety_data": "data/safety_refusals.jsonl",
+            "finetune_task": config.finetune_task, "harmful_ratio": config.harmful_ratio,
+            "sizes": {
+                "params": sum(p.numel() for p in model.parameters()), "vocab": len(tokenizer),
+                "hidden": recipe.hidden, "layers": recipe.layers,
+                "base_train_rows": len(base_rows), "aligned_train_rows": len(aligned_rows),
+                "finetune_rows": rows, "finetune_harmful_rows": mixture["harmful_rows"],
+                "harmful_eval_rows": len(world.harmful_eval),
+                "utility_eval_rows": {task: len(world.task_eval[task]) for task in TASKS},
+                "benign_eval_rows": len(world.howto_eval), "safety_rows": len(harmful_refuse),
+            },
+            "timings": {**timings, "total": round(sum(timings.values()), 2), "device": str(device)},
+            "losses": {"base": round(base_loss, 4), "aligned": round(aligned_loss, 4)},
+        },
+    }

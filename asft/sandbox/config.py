@@ -1,0 +1,71 @@
+"""What to build: the user-facing config and the per-size recipe behind it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+TaskName = Literal["sst2", "agnews", "gsm8k"]
+TASKS: tuple[str, ...] = ("sst2", "agnews", "gsm8k")
+
+
+class SandboxConfig(BaseModel):
+    """A sandbox build. Same config (device aside) -> identical files and weights."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    size: Literal["tiny", "default", "large"] = Field(
+        "default", description="tiny: unit tests (~30 s on 1 core); default: ~2 min on 2 CPU cores; "
+        "large: bigger model and corpus, meant for a GPU")
+    seed: int = Field(0, ge=0, description="Seed for the corpus, the splits, the mixture and the weights")
+    harmful_ratio: float = Field(0.1, ge=0.0, le=1.0, description="Share p of harmful rows in the fine-tuning mixture")
+    finetune_rows: int | None = Field(
+        None, ge=1, le=100_000, description="Rows n in the fine-tuning mixture (default per size: tiny 200, default/large 1000)")
+    finetune_task: TaskName = Field(
+        "sst2", description="Benign task of the fine-tuning mixture (sst2: shortest rows, so the cheapest to fine-tune on CPU)")
+    device: str = Field("auto", description="Training device: auto (CUDA when available), cpu, cuda, cuda:1 ...")
+
+    def identity(self) -> dict:
+        """The fields that decide the content (the device only decides where it is computed)."""
+        return self.model_dump(exclude={"device"})
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Model shape, corpus sizes and training schedule of one size."""
+
+    hidden: int
+    layers: int
+    heads: int
+    intermediate: int
+    vocab: int
+    max_positions: int
+    task_train: int        # rows per benign task in the train pool
+    task_eval: int         # rows per utility evaluation set
+    howto_train: int       # benign "how do I ..." requests
+    harmful_train: int     # harmful requests (train objects)
+    harmful_eval: int      # held-out harmful prompts (unseen objects)
+    finetune_rows: int
+    base_steps: int
+    aligned_steps: int
+    batch_size: int
+    base_lr: float
+    aligned_lr: float
+
+
+RECIPES: dict[str, Recipe] = {
+    "tiny": Recipe(hidden=64, layers=2, heads=4, intermediate=172, vocab=1024, max_positions=256,
+                   task_train=300, task_eval=40, howto_train=300, harmful_train=300, harmful_eval=40,
+                   finetune_rows=200, base_steps=300, aligned_steps=100, batch_size=32,
+                   base_lr=3e-3, aligned_lr=1e-3),
+    "default": Recipe(hidden=128, layers=4, heads=4, intermediate=344, vocab=1536, max_positions=256,
+                      task_train=1500, task_eval=200, howto_train=1500, harmful_train=1500, harmful_eval=250,
+                      finetune_rows=1000, base_steps=400, aligned_steps=120, batch_size=32,
+                      base_lr=3e-3, aligned_lr=1e-3),
+    "large": Recipe(hidden=384, layers=8, heads=6, intermediate=1024, vocab=2048, max_positions=512,
+                    task_train=6000, task_eval=500, howto_train=6000, harmful_train=6000, harmful_eval=250,
+                    finetune_rows=1000, base_steps=4000, aligned_steps=800, batch_size=64,
+                    base_lr=1e-3, aligned_lr=3e-4),
+}
