@@ -1,0 +1,49 @@
+"""The evaluation job's configuration (also the Prefect flow parameters and CLI options)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from asft.evaluation.judges import JudgeConfig
+from asft.evaluation.scorers import make_scorer
+from asft.templates import TemplateName
+
+
+class EvalConfig(BaseModel):
+    """What to evaluate, on which prompt sets, judged how, written where."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="Base checkpoint folder or URI (Hugging Face folder, safetensors).")
+    adapter: str | None = Field(default=None, description="Optional PEFT adapter folder or URI applied on top of the model.")
+    harmful: str | None = Field(default=None, description="Harmful prompt file (JSON array or JSONL with 'instruction', optional 'input').")
+    utility: dict[str, str] = Field(
+        default_factory=dict,
+        description="Utility sets: task -> file. Tasks: sst2, agnews, gsm8k, exact, regex:<pattern>.",
+    )
+    out: str = Field(description="Output folder or URI for report.json and samples.jsonl.")
+    judge: JudgeConfig = Field(default_factory=JudgeConfig, description="How answers to harmful prompts are judged.")
+    template: TemplateName = Field(default="alpaca", description="Prompt template (alpaca is the paper's).")
+    batch_size: int = Field(default=32, ge=1, le=4096, description="Prompts per generation batch.")
+    max_new_tokens: int = Field(default=64, ge=1, le=8192, description="Greedy decoding length limit (the paper uses 512).")
+    limit: int | None = Field(default=None, ge=1, description="Use only the first N rows of each set (the paper: 250 harmful prompts).")
+    device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="Weights dtype; auto = bfloat16 on GPU, float32 on CPU.")
+    trust_remote_code: bool = Field(default=False, description="Allow custom model code shipped with checkpoints.")
+    progress: bool = Field(default=True, description="Show progress on stderr.")
+
+    @field_validator("utility")
+    @classmethod
+    def _known_tasks(cls, utility: dict[str, str]) -> dict[str, str]:
+        for task in utility:
+            make_scorer(task)  # ValueError names the unknown task / bad pattern
+        return utility
+
+    @model_validator(mode="after")
+    def _something_to_do(self) -> "EvalConfig":
+        if self.harmful is None and not self.utility:
+            raise ValueError("nothing to evaluate; give a harmful prompt file and/or utility sets")
+        return self
