@@ -183,7 +183,13 @@ def materialize(uri: str | os.PathLike) -> Path:
     fs, path = filesystem(uri)
     if not exists(uri):
         raise AsftError(f"{uri}: no such object or prefix; check the bucket and key")
-    target = cache_root() / "remote" / hashlib.sha256(uri.encode()).hexdigest()[:24] / Path(path).name
+    # Key the cache by the objects' listing (names, sizes, ETags), so a re-written URI is
+    # downloaded again rather than served stale.
+    listing = fs.find(path, detail=True) if fs.isdir(path) else {path: fs.info(path)}
+    version = sorted((name, info.get("size"), str(info.get("ETag") or info.get("mtime") or info.get("LastModified")))
+                     for name, info in listing.items())
+    key = hashlib.sha256(json.dumps([uri, version]).encode()).hexdigest()[:24]
+    target = cache_root() / "remote" / key / Path(path).name
     if not target.exists():
         with tempfile.TemporaryDirectory(dir=_ensure(cache_root())) as tmp:
             staged = Path(tmp) / Path(path).name
