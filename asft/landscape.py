@@ -25,6 +25,7 @@ the width is 0.
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import time
@@ -218,23 +219,16 @@ def project_onto_axes(updates: Mapping[str, ModuleUpdate], axes: Sequence[Mappin
 
 # ---------------------------------------------------------------- the sweep
 
-def alignment_vectors(config: LandscapeConfig, model, direction: str | None, base: str | None) -> dict[str, torch.Tensor]:
-    """d_aligned per target: the direction's V, or W_aligned - W_base for every 2-D weight."""
-    from asft.direction import _read, _tensor_files, load_direction
+def base_difference(model, base: str) -> dict[str, torch.Tensor]:
+    """``W_aligned - W_base`` for every 2-D weight of ``model`` (norm layers and biases are 1-D)."""
+    from asft.direction import _read, _tensor_files
     from asft.modeling import resolve_checkpoint
 
-    if config.modules == "direction":
-        if direction is None:
-            raise AsftError("no direction given; pass --direction (a folder written by `asft direction`), "
-                            "or --modules all with --base")
-        return load_direction(direction).vectors
-    if base is None:
-        raise AsftError("--modules all takes d_aligned = W_aligned - W_base for every 2-D weight; pass --base")
     files = _tensor_files(resolve_checkpoint(base, "base model"), "base model")
     vectors = {}
     for name, param in model.named_parameters():
         if param.dim() != 2:
-            continue  # norm layers and biases stay untouched
+            continue
         if name not in files:
             raise AsftError(f"base model {base}: has no tensor {name}; give the base the aligned model was trained from")
         W_b = _read(files[name], name).float()
@@ -375,13 +369,21 @@ def landscape(model: str, harmful: str, out: str, *, direction: str | None = Non
     Returns the summary: widths along each axis (units of ||V||), the threshold, the
     fine-tuned model's coordinates when given, per-point timing and the file paths.
     """
+    from asft.direction import load_direction
     from asft.evaluation.generation import load_model
 
     config = config or LandscapeConfig()
     say = progress or (lambda message: None)
     started = time.perf_counter()
+    if config.modules == "direction":  # a bad direction fails before the model is loaded
+        if direction is None:
+            raise AsftError("no direction given; pass --direction (a folder written by `asft direction`), or --modules all with --base")
+        d_aligned = load_direction(direction).vectors
+    elif base is None:
+        raise AsftError("--modules all takes d_aligned = W_aligned - W_base for every 2-D weight; pass --base")
     lm, tokenizer = load_model(model, dtype=config.dtype, device=config.device)
-    d_aligned = alignment_vectors(config, lm, direction, base)
+    if config.modules == "all":
+        d_aligned = base_difference(lm, base)
     scorer = _Scorer(config, tokenizer, harmful, utility or {})  # bad prompt files fail before the sweep
     d_perp = perpendicular_direction(d_aligned, config.seed)
     marks = {"aligned": (0.0, 0.0), "base (a=-1)": (-1.0, 0.0)}
@@ -434,8 +436,10 @@ def landscape(model: str, harmful: str, out: str, *, direction: str | None = Non
     if config.mode == "2d":
         files["plot_2d"] = "landscape_2d.png"
     with staged_dir(out) as tmp:
-        columns = list(rows[0])
-        (tmp / "grid.csv").write_text(",".join(columns) + "\n" + "".join(",".join(f"{r[c]:.6g}" for c in columns) + "\n" for r in rows))
+        with open(tmp / "grid.csv", "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
         save_png(plot_slices(rows, config.threshold, marks), tmp / files["plot_1d"])
         if config.mode == "2d":
             save_png(plot_grid(rows, config.threshold, marks), tmp / files["plot_2d"])

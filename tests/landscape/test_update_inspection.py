@@ -111,3 +111,63 @@ def test_adapter_reader_refuses_dora_and_missing_files(tmp_path):
         adapter_updates(write_adapter(tmp_path / "d", {"m": pair}, use_dora=True))
     with pytest.raises(AsftError, match="adapter_model.safetensors"):
         adapter_updates(str(tmp_path))
+
+
+# ---------------------------------------------------------------- on the tiny sandbox (real PEFT files)
+
+@pytest.mark.slow
+def test_inspect_peft_adapter_matches_peft_own_delta(world, tmp_path):
+    from asft.direction import load_direction
+    from asft.update_inspection import inspect_update
+
+    out = tmp_path / "inspection"
+    summary = inspect_update(world["direction"], adapter=world["adapter"], out=str(out))
+    V = load_direction(world["direction"]).vectors
+    assert [row["module"] for row in summary["rows"]] == sorted(V)
+    assert summary["direction_modules_not_updated"] == []
+    for row in summary["rows"]:
+        layer = world["peft_model"].base_model.model.get_submodule(row["module"])
+        delta = layer.get_delta_weight("default").detach()  # PEFT's own scaling * B @ A
+        expected = naive_row(delta, V[row["module"]], 8)
+        for key, value in expected.items():
+            assert row[key] == pytest.approx(value, rel=1e-4), (row["module"], key)
+    assert summary["mean_orth_P"] == pytest.approx(sum(r["orth_P"] for r in summary["rows"]) / len(summary["rows"]))
+    assert sorted(p.name for p in out.iterdir()) == ["inspection.csv", "inspection.json", "inspection.md", "inspection.png"]
+    assert json.loads((out / "inspection.json").read_text())["rows"] == summary["rows"]
+
+
+@pytest.mark.slow
+def test_inspect_full_checkpoint_on_the_plane(world):
+    from asft.update_inspection import inspect_update
+
+    # W_a + 0.3 V + 0.2 d_perp with ||d_perp|| = ||V|| per module: cos = 0.3 / sqrt(0.3^2 + 0.2^2)
+    summary = inspect_update(world["direction"], checkpoint=world["moved"])
+    assert summary["aligned"] == world["aligned"]  # taken from the direction's manifest
+    assert [row["cosine"] for row in summary["rows"]] == pytest.approx([0.3 / math.sqrt(0.13)] * 4, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_inspect_errors(world, tmp_path):
+    from asft.direction import DirectionConfig, extract_direction
+    from asft.update_inspection import inspect_update
+
+    q_only = str(tmp_path / "q_only")
+    extract_direction(DirectionConfig(aligned=world["aligned"], base=world["base"], out=q_only, target_modules=["q_proj"]))
+    with pytest.raises(AsftError, match="v_proj.*not in the direction"):
+        inspect_update(q_only, adapter=world["adapter"])
+    with pytest.raises(AsftError, match="exactly one"):
+        inspect_update(q_only, adapter=world["adapter"], checkpoint=world["moved"])
+
+
+@pytest.mark.slow
+def test_cli_inspect_json_and_exit_code(world, tmp_path):
+    from conftest import run_cli
+
+    done = run_cli("inspect", "--adapter", world["adapter"], "--direction", world["direction"],
+                   "--out", str(tmp_path / "i"), "--top-k", "2", "--json")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert {"mean_along_C", "mean_orth_C", "mean_along_P", "mean_orth_P", "mean_cosine", "total_penalty", "rows", "plot"} <= summary.keys()
+    assert summary["top_k"] == 2 and all(row["rank_k"] == 2 for row in summary["rows"])
+    missing = run_cli("inspect", "--adapter", world["adapter"], "--direction", str(tmp_path / "nowhere"), "--out", str(tmp_path / "j"))
+    assert missing.returncode == 2 and missing.stderr.startswith("asft: error: direction")
