@@ -44,6 +44,9 @@ class TrainConfig(BaseModel):
     penalty_scaling: bool = Field(False, description="Include LoRA's alpha/r in the penalised update (the reference does not)")
     direction_dtype: Literal["float32", "bfloat16"] = Field(
         "float32", description="dtype V is kept in on the training device (the penalty is float32 either way)")
+    direction_rank: int | None = Field(
+        None, ge=1, le=65536, description="fro anchor: keep only L = U_k S_k (out, k) of each V on the device, "
+        "in/k times fewer bytes (C becomes its top-k eigen-truncation); None keeps V exactly")
 
     lora_r: int = Field(8, ge=1, le=1024, description="LoRA rank")
     lora_alpha: float = Field(32.0, gt=0, description="LoRA alpha (scaling alpha/r)")

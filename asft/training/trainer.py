@@ -71,14 +71,16 @@ def _lora_layers(model) -> dict[str, torch.nn.Module]:
 def _anchors(config: TrainConfig, layers: dict[str, torch.nn.Module], device) -> tuple[dict[str, Anchor], str]:
     """Anchors for exactly the LoRA modules, on the training device, checked by name and shape."""
     direction = load_direction(config.direction, modules=list(layers))  # error if a LoRA module has no V
-    vectors = {}
+    anchors = {}
     for name, layer in layers.items():
         V = direction.vectors[name]
         if tuple(V.shape) != tuple(layer.get_base_layer().weight.shape):
             raise AsftError(f"direction {config.direction}: {name} has shape {list(V.shape)}, the model's weight "
                             f"{list(layer.get_base_layer().weight.shape)}; extract the direction from this model's family")
-        vectors[name] = V.to(device=device, dtype=getattr(torch, config.direction_dtype))
-    return build_anchors(vectors, config.anchor, config.top_k), direction.sha256
+        # one module at a time: with direction_rank only the factor stays on the device
+        V = V.to(device=device, dtype=getattr(torch, config.direction_dtype))
+        anchors.update(build_anchors({name: V}, config.anchor, config.top_k, config.direction_rank))
+    return anchors, direction.sha256
 
 
 def _penalty(layers, anchors: dict[str, Anchor], scaled: bool) -> torch.Tensor:

@@ -107,3 +107,32 @@ def test_build_anchors_fro_and_projector():
     proj = build_anchors({"m": V}, "projector", top_k=4)["m"]
     assert proj.V is None and proj.projector.shape == (V.shape[0], 4)
     torch.testing.assert_close(proj.projector.T @ proj.projector, torch.eye(4), atol=1e-5, rtol=0)
+
+
+def test_low_rank_anchor_is_exact_for_a_rank_k_direction_and_the_eigen_truncation_otherwise():
+    # rank-5 V: the factor L (out, 5) gives exactly the dense penalty and gradients
+    A, B, V = random_module(out=40, inp=30, rank_v=5, seed=3)
+    exact = build_anchors({"m": V}, "fro")["m"]
+    low = build_anchors({"m": V}, "fro", rank=5)["m"]
+    assert low.V.shape == (40, 5) and torch.equal(low.norm, exact.norm)
+    A1, B1 = A.clone().requires_grad_(), B.clone().requires_grad_()
+    A2, B2 = A.clone().requires_grad_(), B.clone().requires_grad_()
+    p1, p2 = exact.penalty(A1, B1), low.penalty(A2, B2)
+    (p1 + p2).backward()
+    torch.testing.assert_close(p2, p1, rtol=1e-9, atol=0)
+    torch.testing.assert_close(B2.grad, B1.grad, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(A2.grad, A1.grad, rtol=1e-8, atol=1e-10)
+    # full-rank V (both orientations): L L^T / n is the top-k eigen-truncation of C = V V^T / n
+    for out, inp in ((24, 16), (16, 24)):
+        _, _, V = random_module(out=out, inp=inp, seed=4)
+        U, S, _ = torch.linalg.svd(V, full_matrices=False)
+        L = build_anchors({"m": V}, "fro", rank=6)["m"].V
+        torch.testing.assert_close(L @ L.T, (U[:, :6] * S[:6] ** 2) @ U[:, :6].T, rtol=1e-8, atol=1e-8)
+
+
+def test_low_rank_factor_keeps_the_dtype_and_the_global_rng():
+    V = torch.randn(32, 48)
+    state = torch.get_rng_state()
+    L = build_anchors({"m": V.to(torch.bfloat16)}, "fro", rank=4)["m"].V
+    assert L.dtype == torch.bfloat16 and L.shape == (32, 4)
+    assert torch.equal(torch.get_rng_state(), state)
