@@ -145,3 +145,13 @@ def test_cli_direction_json_and_error(llama_pair, tmp_path):
     assert summary["direction_sha256"] == load_direction(tmp_path / "d").sha256
     bad = subprocess.run(cmd[:-3] + ["--dtype", "int8"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.startswith("asft: error: --dtype")
+
+
+def test_randomized_singular_values_of_large_modules_match_the_leading_exact_ones():
+    from asft.direction import top_singular_values
+
+    g = torch.Generator().manual_seed(0)
+    V = torch.randn(600, 300, generator=g) + 3 * torch.randn(600, 3, generator=g) @ torch.randn(3, 300, generator=g)
+    values, method = top_singular_values(V, 5)
+    assert method == "randomized"
+    assert values[:3] == pytest.approx(torch.linalg.svdvals(V)[:3].tolist(), rel=1e-4)
