@@ -10,6 +10,7 @@ from asft.errors import AsftError
 
 # Command modules (import order is the order of ``asft --help``).
 from asft.cli import sandbox  # noqa: E402,F401
+from asft.cli import screen  # noqa: E402,F401
 from asft.cli import evaluate  # noqa: E402,F401
 from asft.cli import direction  # noqa: E402,F401
 from asft.cli import train  # noqa: E402,F401
