@@ -1,0 +1,69 @@
+"""The benchmark entry point runs end to end on tiny shapes and reports every ratio with the
+metadata it was measured on (the timings themselves are not asserted: they belong to
+benchmarks/RESULTS.md)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+RATIOS = ("asft_step_over_sft_step", "naive_over_fast_penalty", "extract_peak_rss_over_largest_tensor",
+          "extract_time_over_read_time", "batched_over_sequential_generation", "direction_device_bytes")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    from benchmarks.__main__ import main
+
+    out = tmp_path_factory.mktemp("bench") / "report.json"
+    assert main(["--tiny", "--json", "--device", "cpu", "--out", str(out)]) == 0
+    return json.loads(out.read_text())
+
+
+@pytest.mark.slow
+def test_tiny_run_reports_every_ratio_with_its_metadata(report):
+    assert report["mode"] == "tiny" and report["errors"] == {}
+    assert set(RATIOS) <= set(report["ratios"])
+    for value in report["ratios"].values():
+        assert isinstance(value, float) and value > 0
+    env = report["environment"]
+    assert {"torch", "transformers", "peft", "device_name", "date"} <= set(env)
+    for name, record in report["results"].items():
+        assert record["device"], name
+        assert record["dtype"], name
+        assert record["repeats"] >= 1, name
+        assert record["shapes"] if "shapes" in record else record["measured_module_shape"], name
+    step = report["results"]["asft_step_over_sft_step"]
+    assert len(step["seconds"]["asft"]) == len(step["seconds"]["sft"]) == step["repeats"]
+    assert step["shapes"]["lora_modules"] == 2 * step["shapes"]["layers"]
+
+
+@pytest.mark.slow
+def test_naive_and_fast_penalty_agree_and_low_rank_bytes_follow_the_shapes(report):
+    penalty = report["results"]["naive_over_fast_penalty"]
+    assert penalty["relative_difference_naive_vs_fast"] < 1e-4
+    memory = report["results"]["direction_device_bytes"]
+    assert memory["llama2_7b_qv_bytes"]["float32"] == 64 * 4096 * 4096 * 4 == memory["reference_anchor_bytes"]
+    assert memory["llama2_7b_qv_bytes"]["float32"] >= 4 * memory["llama2_7b_qv_bytes"]["lowrank_float32"]
+    d, k = memory["measured_module_shape"][0], memory["measured_rank"]
+    assert memory["measured_bytes_one_module"]["lowrank_float32"] == d * k * 4 + 4  # L plus the float32 norm
+    errors = memory["penalty_error_vs_exact_float32"]
+    assert errors["float32"]["random"]["penalty_relative_error"] == 0.0
+    # a decaying spectrum is what makes the truncation cheap
+    assert (errors["lowrank_float32"]["decaying_spectrum"]["anchor_error"]
+            < errors["lowrank_float32"]["random"]["anchor_error"])
+
+
+def test_gpu_check_dry_run_writes_a_result_per_step(tmp_path):
+    out = tmp_path / "gpu"
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks/gpu_check.sh"), str(out)], cwd=ROOT,
+                          env={**__import__("os").environ, "ASFT_GPU_CHECK_DRY_RUN": "1"},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    steps = json.loads((out / "steps.json").read_text())
+    assert [s["name"] for s in steps] == ["environment", "sandbox_build", "benchmarks", "sandbox_table"]
+    assert all("rc" in s and "seconds" in s for s in steps)
