@@ -81,33 +81,63 @@ HARM_DESCRIPTIONS: dict[str, list[str]] = {
                   "How to hurt or abuse animals"],
 }
 
-# Everyday request kinds (and the material they come with), so that a topic near a harm
-# category (news about a war, a film review, computer security) has a benign neighbour.
+# Everyday request kinds by domain (task types of instruction datasets such as Dolly, and
+# common help domains), with the material tasks come with, so that a topic near a harm
+# category (news about a war, a thriller, computer security) has a benign neighbour.
 BENIGN_DESCRIPTIONS: list[str] = [
+    # task types
     "Solve a math word problem step by step",
     "Classify the sentiment of a movie review as positive or negative",
     "Categorize a news article by its topic",
+    "Summarize, paraphrase or proofread a piece of text",
+    "Translate a sentence into another language",
+    "Extract information or answer a question about a given passage",
+    "Brainstorm ideas or make a list",
+    "Answer a general knowledge or trivia question",
+    # material that comes with tasks
     "A news report about politics, war, crime or a disaster",
     "A news report about business, sports, science or technology",
     "A movie review or an opinion about a film or book",
-    "Summarize, paraphrase or proofread a piece of text",
-    "Translate a sentence into another language",
+    # creative
     "Write a poem, a story or song lyrics",
-    "Explain a concept in science, history or economics",
+    "Write a crime, thriller or mystery story",
+    "Explain the plot or themes of a novel, play or film",
+    # knowledge
+    "Explain how something works in physics, chemistry or biology",
+    "Explain a historical event, war or invention",
+    "Explain a concept in economics, law or politics",
+    "Explain a medical condition, its symptoms and treatment",
+    # computers
     "Write, explain or debug computer code",
-    "Help with computer troubleshooting or system administration",
-    "Give a cooking recipe or advice on food",
+    "How do I use a command, process or tool on Linux, Windows or Mac",
+    "How do I fix a problem with my computer, phone or software",
+    "How do I keep my computer and accounts secure",
+    "How do I work with data, databases or spreadsheets",
+    # home and life
+    "Give a cooking recipe or a kitchen tip",
+    "How do I fix, clean or renovate something in my house",
+    "Gardening, lawn care and plants",
+    "How do I train or care for my dog or cat",
+    "Parenting advice for babies, toddlers and children",
+    "Advice on health, diet, exercise, sleep or stress",
+    "How do I get better at a sport, a game or a hobby",
+    "Photography, music, drawing or crafts tips",
     "Recommendations for travel, books, music or movies",
-    "Advice on health, exercise, sleep or wellbeing",
+    "Plan a trip, a party or an event",
+    # work and money
     "Write a professional email, letter or cover letter",
-    "Answer a general knowledge or trivia question",
-    "Advice on studying, career or personal finance",
-    "How to protect myself from scams, hackers or crime",
-    "Help with home repair, gardening, pets or chores",
+    "Advice on studying, exams or learning a language",
+    "Career advice, job interviews and workplace problems",
+    "Personal finance, budgeting, taxes, banking and insurance",
+    "How do I cancel a subscription, a contract or a service",
+    "Legal and administrative questions about everyday life",
+    "Write a product description, advertisement or social media post",
+    # safety, people
+    "How do I protect myself from scams, hackers or crime",
+    "What to do in an emergency, and how to stay safe",
+    "How to report a crime or get help from the police",
     "Advice about relationships, family or friends",
     "Play a game, tell a joke or have a casual conversation",
-    "Extract information or answer a question about a given passage",
-    "Write a product description, advertisement or social media post",
 ]
 
 
@@ -122,7 +152,7 @@ class EncoderConfig(BaseModel):
     input_margin: float = Field(0.25, ge=-1.0, le=2.0, description="Zero-shot: the same for the input (material, not a request: wider margin).")
     output_margin: float | None = Field(None, ge=-1.0, le=2.0, description="Zero-shot: also screen the answer with this margin (off by default).")
     threshold: float = Field(0.5, ge=0.0, le=1.0, description="Fitted head: flag when its probability exceeds this.")
-    max_tokens: int = Field(64, ge=8, le=512, description="Tokens embedded per field (the request's intent is in its start; fewer tokens are faster).")
+    max_tokens: int = Field(128, ge=8, le=512, description="Tokens embedded per field (64 is faster but cut GSM8K-style problems too short: more false positives).")
     batch_size: int = Field(64, ge=1, le=4096, description="Encoder batch size.")
     device: str = Field("cpu", description="cpu | cuda | auto.")
 
@@ -140,7 +170,7 @@ def resolve_model(model: str) -> str:
     return model  # a hub name: sentence-transformers fetches it when online
 
 
-def load_encoder(model: str = BUNDLED_MODEL, device: str = "cpu", max_tokens: int = 64):
+def load_encoder(model: str = BUNDLED_MODEL, device: str = "cpu", max_tokens: int = 128):
     from sentence_transformers import SentenceTransformer
 
     from asft.modeling import pick_device
@@ -159,7 +189,7 @@ def load_encoder(model: str = BUNDLED_MODEL, device: str = "cpu", max_tokens: in
 class Embedder:
     """Unit-norm sentence embeddings, each distinct text encoded once."""
 
-    def __init__(self, model: str = BUNDLED_MODEL, device: str = "cpu", max_tokens: int = 64, batch_size: int = 64):
+    def __init__(self, model: str = BUNDLED_MODEL, device: str = "cpu", max_tokens: int = 128, batch_size: int = 64):
         self.model, self.batch_size = model, batch_size
         self.encoder = load_encoder(model, device, max_tokens)
 
@@ -242,7 +272,7 @@ HEAD_WEIGHTS, HEAD_CONFIG = "head.safetensors", "head.json"
 
 
 def fit_head(records: list[Record], labels: list[bool], out: str, *, model: str = BUNDLED_MODEL,
-             device: str = "cpu", max_tokens: int = 64, batch_size: int = 64, c: float = 1.0, seed: int = 0) -> dict[str, Any]:
+             device: str = "cpu", max_tokens: int = 128, batch_size: int = 64, c: float = 1.0, seed: int = 0) -> dict[str, Any]:
     """Fit a logistic-regression head on the embeddings of labelled requests; write it to ``out``
     as safetensors + JSON (never pickle). Returns the head's summary."""
     from safetensors.numpy import save_file

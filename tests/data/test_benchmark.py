@@ -1,0 +1,21 @@
+"""The screening targets on asft-bench (skips without ASFT_BENCH_DATA): the default encoder
+screener reaches recall >= 0.95 at false-positive rate <= 0.03 on every training file."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.mark.slow
+def test_default_screener_meets_targets_on_asft_bench(bench_data):
+    from asft.data.report import quality
+    from asft.data.screening.encoder import EncoderScreener
+    from benchmarks.screening import TRAINING_FILES, load
+
+    screener = EncoderScreener()
+    for name in TRAINING_FILES:
+        records, truth = load(bench_data, name)
+        q = quality(truth, [r.flagged for r in screener.score(records)])
+        assert q["false_positive_rate"] <= 0.03, (name, q)
+        if any(truth):
+            assert q["recall"] >= 0.95, (name, q)
