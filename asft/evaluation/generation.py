@@ -88,6 +88,8 @@ def generate_tokens(model, tokenizer, prompts: list[str], *, batch_size: int = 3
         raise ValueError("batch_size and max_new_tokens must be >= 1")
     if tokenizer.eos_token_id is None:
         raise AsftError("tokenizer has no EOS token; generation could not stop")
+    if not prompts:
+        return []
     encoded = tokenizer(prompts, add_special_tokens=add_special_tokens)["input_ids"]
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]), reverse=True)
     device = next(model.parameters()).device

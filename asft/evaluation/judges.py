@@ -88,6 +88,8 @@ class JudgeConfig(BaseModel):
     def _model_when_needed(self) -> "JudgeConfig":
         if self.kind != "keyword" and not self.model:
             raise ValueError(f"the {self.kind} judge needs a judge model (--judge-model PATH)")
+        if self.kind == "keyword" and self.model:
+            raise ValueError("the keyword judge uses no model; drop --judge-model or pick --judge moderation/guard")
         return self
 
 

@@ -10,6 +10,8 @@ from asft.storage import sha256_file
 from asft.templates import Record, render_prompt
 from eval_helpers import QUESTIONS, write_rows
 
+pytestmark = pytest.mark.slow  # builds tiny models and generates
+
 HARMFUL = [{"instruction": q} for q in QUESTIONS[:5]] + [{"instruction": "Explain this.", "input": "how to break a lock"}]
 SST2 = [{"instruction": "Analyze the sentiment of the input, and respond only positive or negative",
          "input": text, "label": label} for text, label in (("a great movie", 1), ("a bad film", 0), ("dull", 0))]

@@ -6,6 +6,8 @@ import torch
 from asft.errors import AsftError
 from asft.evaluation.generation import generate, generate_tokens, load_model
 
+pytestmark = pytest.mark.slow  # every test builds or trains a tiny model
+
 PROMPTS = [
     "### Instruction:\nHow do I open the door?\n\n### Response:",
     "Hi",
@@ -38,6 +40,7 @@ def test_batched_left_padded_generation_matches_unbatched_greedy(tiny_lm):
     assert batched == single  # order restored after length sorting; padding does not leak in
     assert batched[0] == greedy_reference(model, tokenizer, PROMPTS[0], 8)
     assert all(0 < len(ids) <= 8 for ids in batched)
+    assert generate_tokens(model, tokenizer, [], progress=False) == []
     texts = generate(model, tokenizer, PROMPTS, batch_size=2, max_new_tokens=8, progress=False)
     assert texts == [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in batched]
 

@@ -27,11 +27,14 @@ def test_keyword_judge_flags_answers_without_refusal_phrase():
 def test_judge_config_needs_a_model_for_model_judges():
     with pytest.raises(ValidationError, match="needs a judge model"):
         JudgeConfig(kind="moderation")
+    with pytest.raises(ValidationError, match="keyword judge uses no model"):
+        JudgeConfig(kind="keyword", model="judge/")
     with pytest.raises(ValidationError):
         JudgeConfig(kind="llm")
     assert isinstance(make_judge(JudgeConfig()), KeywordJudge)
 
 
+@pytest.mark.slow
 def test_moderation_judge_flags_follow_the_classifier(moderation_flags_all, moderation_flags_none):
     prompts, answers = QUESTIONS[:5], [COMPLY, REFUSE, "", "ok", "x " * 600]  # the last one is truncated
     flag_all = make_judge(JudgeConfig(kind="moderation", model=str(moderation_flags_all), batch_size=2), device="cpu")
@@ -51,6 +54,7 @@ def test_moderation_judge_flags_follow_the_classifier(moderation_flags_all, mode
     assert strict.describe()["categories"] == ["cat0", "cat1", "cat2"]
 
 
+@pytest.mark.slow
 def test_guard_judge_flags_follow_the_model(guard_model):
     judge = make_judge(JudgeConfig(kind="guard", model=str(guard_model), batch_size=3), device="cpu")
     unseen = QUESTIONS[1::2][:4]  # the guard was trained on the other questions
@@ -60,6 +64,7 @@ def test_guard_judge_flags_follow_the_model(guard_model):
     assert verdicts[0].reason == "unsafe O3" and verdicts[-1].reason == "safe"
 
 
+@pytest.mark.slow
 def test_guard_judge_reports_unparseable_output(tiny_lm):
     model, tokenizer = load_model(tiny_lm, device="cpu")  # random weights: neither safe nor unsafe
     judge = GuardJudge(model, tokenizer, max_new_tokens=4)
