@@ -34,3 +34,17 @@ def bench_data():
     if not folder or not Path(folder).is_dir():
         pytest.skip("ASFT_BENCH_DATA is not set to the asft-bench folder")
     return Path(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_sandbox(tmp_path_factory):
+    """The tiny sandbox (real base/aligned Llama models + data), built once per test session,
+    shared by all xdist workers through a file lock. Returns ``build_sandbox``'s summary."""
+    from filelock import FileLock
+
+    from asft.sandbox import SandboxConfig, build_sandbox
+
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    with FileLock(str(root / "tiny-sandbox.lock")):
+        return build_sandbox(SandboxConfig(size="tiny"), str(root / "tiny-sandbox"))

@@ -181,6 +181,11 @@ def _save_model(model, tokenizer, folder: Path) -> None:
 
 # --- the build ------------------------------------------------------------------------
 
+def _code_version() -> str:
+    """Hash of the sandbox sources: a sandbox built by other code is rebuilt, never reused."""
+    return storage.sha256_tree(Path(__file__).parent, "*.py")
+
+
 def _read_manifest(out: str) -> dict | None:
     uri = storage.join(out, MANIFEST)
     if not storage.exists(uri):
@@ -224,7 +229,8 @@ def build_sandbox(config: SandboxConfig, out: str, force: bool = False) -> dict:
     out = str(out)
     if not force:
         manifest = _read_manifest(out)
-        if manifest is not None and manifest["config"] == config.identity() and _complete(out, manifest):
+        if (manifest is not None and manifest["config"] == config.identity()
+                and manifest.get("code") == _code_version() and _complete(out, manifest)):
             _progress(f"reusing the sandbox at {out} (same config; --force rebuilds)")
             return _summary(out, manifest, reused=True)
     with storage.staged_dir(out) as stage:
@@ -253,7 +259,8 @@ def _build_into(config: SandboxConfig, stage: Path) -> dict:
     _progress(f"size={config.size} seed={seed} device={device} threads={torch.get_num_threads()}")
     world = build_world(recipe, seed)
     rng = random.Random(f"asft-sandbox-{seed}-answers")
-    tasks_train = [r for task in TASKS for r in world.task_train[task]]
+    # Sentiment and topic are learnt fast; arithmetic needs the repetitions.
+    tasks_train = [r for task in TASKS for r in world.task_train[task][:None if task == "gsm8k" else recipe.task_train // 2]]
     harmful_comply = compliant_rows(rng, world.harmful_train)
     harmful_refuse = refusal_rows(rng, world.harmful_train)
     # base: everything answered; aligned: refusals plus enough benign data to keep skills.
@@ -261,6 +268,15 @@ def _build_into(config: SandboxConfig, stage: Path) -> dict:
     keep = random.Random(f"asft-sandbox-{seed}-aligned")
     aligned_rows = (harmful_refuse + world.howto_train
                     + [r for task in TASKS for r in keep.sample(world.task_train[task], len(world.task_train[task]) // 3)])
+    # Data first: a mixture the pools cannot fill fails before any training.
+    data = stage / "data"
+    rows = config.finetune_rows or recipe.finetune_rows
+    mixture = _write_mixture_files(world, seed, str(data), config.finetune_task, rows, config.harmful_ratio)
+    storage.write_jsonl(data / "eval" / "harmful.jsonl", [{"instruction": q.instruction} for q in world.harmful_eval])
+    for task in TASKS:
+        storage.write_jsonl(data / "eval" / f"{task}.jsonl", [_row(r) for r in world.task_eval[task]])
+    storage.write_jsonl(data / "eval" / "benign_howto.jsonl", [_row(r) for r in world.howto_eval])
+    storage.write_jsonl(data / "safety_refusals.jsonl", [_row(r) for r in harmful_refuse])
     lap("corpus")
 
     from asft.sandbox.tokenizer import train_tokenizer
@@ -282,21 +298,13 @@ def _build_into(config: SandboxConfig, stage: Path) -> dict:
     _save_model(model, tokenizer, stage / "aligned")
     lap("aligned")
 
-    data = stage / "data"
-    rows = config.finetune_rows or recipe.finetune_rows
-    mixture = _write_mixture_files(world, seed, str(data), config.finetune_task, rows, config.harmful_ratio)
-    storage.write_jsonl(data / "eval" / "harmful.jsonl", [{"instruction": q.instruction} for q in world.harmful_eval])
-    for task in TASKS:
-        storage.write_jsonl(data / "eval" / f"{task}.jsonl", [_row(r) for r in world.task_eval[task]])
-    storage.write_jsonl(data / "eval" / "benign_howto.jsonl", [_row(r) for r in world.howto_eval])
-    storage.write_jsonl(data / "safety_refusals.jsonl", [_row(r) for r in harmful_refuse])
-    lap("data")
 
     rel = lambda uri: Path(uri).relative_to(stage).as_posix()  # noqa: E731
     files = {p.relative_to(stage).as_posix(): storage.sha256_file(p) for p in sorted(stage.rglob("*")) if p.is_file()}
     return {
         "format": FORMAT,
         "config": config.identity(),
+        "code": _code_version(),
         "files": files,
         "summary": {
             "base": "base", "aligned": "aligned",

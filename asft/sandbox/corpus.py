@@ -245,7 +245,7 @@ def arithmetic(rng: random.Random) -> Record:
                     f"How many {items} does {name} have now?")
         answer = f"{a} + {b} = {a + b}.\n{FINAL_ANSWER} {a + b}"
     else:
-        a = rng.randint(2, 10)
+        a = rng.randint(2, 9)
         b = rng.randint(1, a - 1)
         question = (f"{name} had {a} {items} and gave {b} to a friend. "
                     f"How many {items} does {name} have left?")

@@ -1,0 +1,119 @@
+"""The built tiny sandbox: loadable models, files that match their labels, determinism,
+reuse and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from asft import storage
+from asft.sandbox import SandboxConfig, build_sandbox, write_mixture
+from asft.sandbox.build import MANIFEST
+
+pytestmark = pytest.mark.slow
+
+
+def _rows(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def test_models_and_tokenizer_load_offline_and_differ(tiny_sandbox):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    models = {}
+    for name in ("base", "aligned"):
+        folder = Path(tiny_sandbox[name])
+        assert list(folder.glob("*.safetensors")) and not list(folder.glob("*.bin"))
+        tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        assert tok.is_fast and None not in (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id, tok.unk_token_id)
+        text = "The final answer is: 7"
+        assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
+        models[name] = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True)
+        assert models[name].config.model_type == "llama"
+    assert tiny_sandbox["sizes"]["params"] == sum(p.numel() for p in models["base"].parameters())
+    base, aligned = (dict(m.named_parameters()) for m in models.values())
+    assert any(not torch.equal(base[k], aligned[k]) for k in base)
+
+
+def test_mixture_file_matches_its_labels(tiny_sandbox):
+    rows = _rows(tiny_sandbox["finetune"])
+    labels = json.loads(Path(tiny_sandbox["finetune_labels"]).read_text())
+    assert labels["file"] == Path(tiny_sandbox["finetune"]).name and labels["rows"] == len(rows)
+    assert len(labels["harmful_indices"]) == round(tiny_sandbox["harmful_ratio"] * len(rows))
+    harmful = set(labels["harmful_indices"])
+    assert all(set(r) == {"instruction", "input", "output"} for r in rows)
+    assert all((i in harmful) == r["output"].startswith("Sure, here is how to") for i, r in enumerate(rows))
+    eval_prompts = {r["instruction"] for r in _rows(tiny_sandbox["harmful_eval"])}
+    assert eval_prompts and not eval_prompts & {r["instruction"] for r in rows}
+
+
+def test_evaluation_files_have_gold_answers(tiny_sandbox):
+    assert set(tiny_sandbox["utility_eval"]) == {"sst2", "agnews", "gsm8k"}
+    for task, path in tiny_sandbox["utility_eval"].items():
+        rows = _rows(path)
+        assert rows == [r for r in rows if set(r) == {"instruction", "input", "output"}]
+        assert len(rows) == tiny_sandbox["sizes"]["utility_eval_rows"][task]
+    assert all(r["output"].rsplit("The final answer is: ", 1)[1].isdigit()
+               for r in _rows(tiny_sandbox["utility_eval"]["gsm8k"]))
+    assert all(set(r) == {"instruction"} for r in _rows(tiny_sandbox["harmful_eval"]))
+
+
+def test_same_seed_rebuilds_identical_files_and_weights(tiny_sandbox, tmp_path):
+    again = build_sandbox(SandboxConfig(size="tiny"), str(tmp_path / "again"))
+    assert not again["reused"]
+    first = json.loads((Path(tiny_sandbox["out"]) / MANIFEST).read_text())["files"]
+    second = json.loads((tmp_path / "again" / MANIFEST).read_text())["files"]
+    assert "base/model.safetensors" in first and first == second
+
+
+def test_same_config_is_reused_without_rebuilding(tiny_sandbox):
+    manifest = Path(tiny_sandbox["out"]) / MANIFEST
+    before = manifest.stat().st_mtime_ns
+    again = build_sandbox(SandboxConfig(size="tiny"), tiny_sandbox["out"])
+    assert again["reused"] and again["base"] == tiny_sandbox["base"]
+    assert manifest.stat().st_mtime_ns == before
+
+
+def test_write_mixture_for_another_ratio_without_retraining(tiny_sandbox, tmp_path):
+    # write_mixture needs only the manifest: copy it so the shared sandbox stays untouched.
+    storage.write_bytes(tmp_path / MANIFEST, (Path(tiny_sandbox["out"]) / MANIFEST).read_bytes())
+    made = write_mixture(str(tmp_path), 0.2)
+    rows = _rows(made["finetune"])
+    labels = json.loads(Path(made["finetune_labels"]).read_text())
+    assert len(rows) == labels["rows"] == tiny_sandbox["sizes"]["finetune_rows"]
+    assert len(labels["harmful_indices"]) == round(0.2 * len(rows))
+    default = _rows(tiny_sandbox["finetune"])
+    default_harmful = {default[i]["instruction"] for i in json.loads(Path(tiny_sandbox["finetune_labels"]).read_text())["harmful_indices"]}
+    assert default_harmful <= {rows[i]["instruction"] for i in labels["harmful_indices"]}
+
+
+def _asft(*args):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    return subprocess.run([sys.executable, "-m", "asft", *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_cli_json_summary_of_a_built_sandbox(tiny_sandbox):
+    done = _asft("sandbox", "build", "--out", tiny_sandbox["out"], "--size", "tiny", "--json")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert {"base", "aligned", "finetune", "finetune_labels", "harmful_eval", "utility_eval", "sizes", "timings"} <= set(summary)
+    assert summary["reused"] and summary["finetune"] == tiny_sandbox["finetune"]
+    assert summary["sizes"]["finetune_rows"] > 0 and summary["timings"]["base"] > 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--harmful-ratio", "1.5"), "--harmful-ratio"),
+    (("--size", "huge"), "--size"),
+    (("--finetune-task", "mnli"), "--finetune-task"),
+])
+def test_cli_bad_input_is_one_error_line_and_exit_2(tmp_path, args, message):
+    done = _asft("sandbox", "build", "--out", str(tmp_path / "sb"), *args)
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"asft: error: {message}") and "Traceback" not in done.stderr
+    assert not (tmp_path / "sb").exists()
