@@ -10,6 +10,9 @@ model on those modules) and ``d_perp`` a seeded Gaussian direction, made orthogo
 module (Gram-Schmidt on the flattened matrices) and rescaled to V's Frobenius norm per
 module. Coordinates are therefore in units of the direction's norm: ``a = 1`` is a step of
 ``||V||``. Norm layers and everything outside the target modules stay untouched.
+Targets are the direction's modules by default; ``modules="all"`` takes every 2-D weight
+(embeddings and LM head included) with ``d_aligned = W_aligned - W_base`` read from the base
+checkpoint, so that ``a = -1`` is exactly the base model.
 
 At every grid point the model answers a fixed harmful prompt set (batched greedy decoding,
 short answers) and a judge scores it. Weights are changed in place and restored bitwise
@@ -347,7 +350,8 @@ def plot_grid(rows: list[dict], threshold: float, marks: Mapping[str, tuple[floa
         ax.contour(a_values, b_values, Z, levels=[threshold], colors="black", linewidths=1)
     for name, (a, b) in marks.items():
         ax.plot([a], [b], marker="*" if name == "aligned" else "o", color="black", markersize=9)
-        ax.annotate(name, (a, b), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        # aligned below its marker, the others above, so nearby labels do not overlap
+        ax.annotate(name, (a, b), textcoords="offset points", xytext=(5, -12 if name == "aligned" else 6), fontsize=8)
     ax.set_xlabel("a: along the alignment direction V (units of ||V||)")
     ax.set_ylabel("b: along a random direction orthogonal to V (units of ||V||)")
     ax.set_title(f"harmful score; contour at {threshold:g}%", fontsize=9)

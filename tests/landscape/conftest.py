@@ -3,6 +3,7 @@ adapter, shared by the landscape and inspection tests."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -42,4 +43,6 @@ def world(tiny_sandbox, tmp_path_factory):
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "asft", *args], capture_output=True, text=True, timeout=300)
+    # one intra-op thread: a tiny model gains nothing from more, and spinning threads on busy cores cost 10x
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "asft", *args], capture_output=True, text=True, timeout=300, env=env)

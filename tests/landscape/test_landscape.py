@@ -192,8 +192,6 @@ def test_cli_landscape_json_and_errors(world, tmp_path):
 
     missing = run_cli("landscape", *common, "--direction", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x"))
     assert missing.returncode == 2 and missing.stderr.startswith("asft: error: direction") and "Traceback" not in missing.stderr
-    none = run_cli("landscape", *common, "--out", str(tmp_path / "x"))
-    assert none.returncode == 2 and "pass --direction" in none.stderr
     assert not (tmp_path / "x").exists()
 
 
@@ -221,6 +219,8 @@ def test_landscape_refuses_a_direction_for_another_model(world, tmp_path):
         torch.manual_seed(seed)
         LlamaForCausalLM(config).save_pretrained(tmp_path / name)
     extract_direction(DirectionConfig(aligned=str(tmp_path / "a"), base=str(tmp_path / "b"), out=str(tmp_path / "d")))
+    with pytest.raises(AsftError, match="pass --direction"):
+        landscape(world["aligned"], world["harmful_eval"], str(tmp_path / "x"), config=LandscapeConfig(device="cpu"))
     with pytest.raises(AsftError, match=r"model.layers.2.self_attn.q_proj \(from the direction\) is not in the model"):
         landscape(world["aligned"], world["harmful_eval"], str(tmp_path / "x"), direction=str(tmp_path / "d"),
                   config=LandscapeConfig(device="cpu"))
