@@ -123,7 +123,7 @@ def _child(what: str, aligned: str, base: str, out: str) -> dict:
         for key in keys:
             for side in ("aligned", "base"):
                 with safe_open(files[side][key], framework="pt") as fh:
-                    fh.get_tensor(key)
+                    fh.get_tensor(key).clone()  # get_tensor may map lazily: make it touch the bytes
     elif what == "hash":
         checkpoint_sha256(aligned), checkpoint_sha256(base)
     seconds = time.perf_counter() - start
@@ -170,7 +170,7 @@ def run(mode: str, device: torch.device, workdir: str | None = None) -> dict:
         shapes={k: s[k] for k in ("hidden", "intermediate", "layers", "vocab")}, dtype="float32",
         device="cpu (extraction streams on the host)", repeats=s["repeats"], warmup=0,
         page_cache="warm: every shard read once before timing; each measurement in a fresh subprocess",
-        read_floor="safe_open get_tensor of the same target tensors from both checkpoints",
+        read_floor="safe_open get_tensor(...).clone() of the same target tensors from both checkpoints",
         hash_note="extract_direction also hashes every shard of both checkpoints for its manifest (seconds_median.hash)")
 
 
