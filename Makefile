@@ -19,7 +19,7 @@ $(BIN)/.installed: pyproject.toml Makefile
 install: $(BIN)/.installed
 
 demo: install
-	$(BIN)/asft demo --out $(DEMO_DIR)
+	$(BIN)/asft pipeline --artifact-root $(DEMO_DIR)
 
 test: install
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile

@@ -16,6 +16,7 @@ from asft.cli import direction  # noqa: E402,F401
 from asft.cli import train  # noqa: E402,F401
 from asft.cli import landscape  # noqa: E402,F401
 from asft.cli import inspect  # noqa: E402,F401
+from asft.cli import pipeline  # noqa: E402,F401
 
 
 def main() -> None:

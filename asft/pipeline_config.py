@@ -1,0 +1,130 @@
+"""The pipeline's configuration: one pydantic model composed of each step's own config.
+
+Step configs carry their input/output locations (``model``, ``data``, ``out`` ...); the
+pipeline fills those in itself, so its sections are the same models minus those fields
+(:func:`settings_of`). The result renders as a form in the Prefect UI, loads from YAML
+for ``asft pipeline --config``, and validates with the same bounds and enums as the CLI.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from asft.data.pipeline import ScreenConfig
+from asft.direction import DirectionConfig
+from asft.errors import AsftError
+from asft.evaluation.config import EvalConfig
+from asft.gates import GateConfig
+from asft.sandbox import SandboxConfig
+from asft.storage import read_text
+from asft.training import TrainConfig
+
+
+def settings_of(config: type[BaseModel], exclude: set[str], doc: str) -> type[BaseModel]:
+    """``config`` without the fields the pipeline fills in (same types, bounds, descriptions).
+
+    Only fields the user set are forwarded to the step (``model_dump(exclude_unset=True)``), so
+    a step's own presets and validators still apply when the full config is built.
+    """
+    fields = {name: (field.annotation, field) for name, field in config.model_fields.items() if name not in exclude}
+    return create_model(f"{config.__name__.removesuffix('Config')}Settings", __doc__=doc,
+                        __config__=ConfigDict(extra="forbid"), **fields)
+
+
+DirectionSettings = settings_of(DirectionConfig, {"aligned", "base", "out"},
+                                "Which modules the alignment direction covers and how V is stored.")
+TrainSettings = settings_of(TrainConfig, {"model", "out", "data", "direction", "adapter", "resume", "checkpoint_dir"},
+                            "Fine-tuning method and hyper-parameters (unset ones come from the preset).")
+ScreenSettings = settings_of(ScreenConfig, {"data", "out", "labels"},
+                             "Harmful-sample screening of the fine-tuning data; quarantined rows never reach training.")
+EvalSettings = settings_of(EvalConfig, {"model", "adapter", "harmful", "utility", "out"},
+                           "How answers are generated and judged.")
+
+
+class Inputs(BaseModel):
+    """What to fine-tune and on what. Leave everything empty to use the sandbox world."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    aligned: str | None = Field(None, description="Aligned checkpoint (HF folder, safetensors; path or s3:// URI). Empty: the sandbox's.")
+    base: str | None = Field(None, description="Base checkpoint the aligned model came from. Empty: the sandbox's.")
+    data: str | None = Field(None, description="Fine-tuning data (JSON, JSONL, CSV, Parquet; path or URI). Empty: the sandbox mixture.")
+    labels: str | None = Field(None, description="Optional ground truth of harmful rows ({'harmful_indices': [...]}) to score the screening.")
+    harmful_eval: str | None = Field(None, description="Harmful prompts for the harmful score. Empty: the sandbox's held-out prompts.")
+    utility_eval: dict[str, str] = Field(default_factory=dict, description="Utility sets, task -> file (sst2, agnews, gsm8k, exact). Empty: the sandbox's.")
+
+    def complete(self) -> bool:
+        return all([self.aligned, self.base, self.data, self.harmful_eval, self.utility_eval])
+
+
+class RegistrySettings(BaseModel):
+    """Where runs are tracked and models registered."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tracking_uri: str | None = Field(None, description="MLflow tracking URI. Empty: a SQLite store under the artifact root.")
+    experiment: str = Field("asft", description="MLflow experiment name.")
+    model_name: str = Field("asft-adapter", description="Registered model name.")
+
+
+class ExecutionSettings(BaseModel):
+    """Where the heavy steps run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    train_deployment: str | None = Field(
+        None, description="Run training as this Prefect deployment (e.g. 'train-on-gpu/asft-train-gpu') on a GPU pool. Empty: in-process.")
+    evaluate_deployment: str | None = Field(
+        None, description="Run evaluation as this deployment (e.g. 'evaluate-on-gpu/asft-evaluate-gpu'). Empty: in-process.")
+    manual_approval: bool = Field(False, description="Pause before promotion until a person approves in the Prefect UI.")
+    approval_timeout_s: int = Field(3600, ge=60, description="How long to wait for the approval before failing the gate.")
+
+
+class PipelineConfig(BaseModel):
+    """A whole run: direction -> screening -> training -> evaluation -> gated registration."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    artifact_root: str = Field("runs/pipeline", description="Folder or URI (s3://bucket/prefix) for every artefact of every run.")
+    run_key: str | None = Field(None, description="Idempotency key of this pipeline run (default: the Prefect flow run id). "
+                                "Re-running with the same key re-uses its MLflow run and model version.")
+    inputs: Inputs = Field(default_factory=Inputs)
+    sandbox: SandboxConfig = Field(default_factory=lambda: SandboxConfig(size="default"),
+                                   description="The sandbox built when inputs are empty (the embedded default).")
+    direction: DirectionSettings = Field(default_factory=DirectionSettings)
+    screening: ScreenSettings = Field(default_factory=ScreenSettings)
+    train: TrainSettings = Field(default_factory=lambda: TrainSettings(method="asft", preset="sandbox"))
+    evaluation: EvalSettings = Field(default_factory=EvalSettings)
+    gates: GateConfig = Field(default_factory=GateConfig)
+    registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    execution: ExecutionSettings = Field(default_factory=ExecutionSettings)
+    inspect_update: bool = Field(True, description="Decompose the update along/orthogonal to V for the report.")
+
+    def tracking_uri(self) -> str:
+        """The configured MLflow store; else SQLite beside local artefacts, else the embedded default."""
+        from asft import registry, storage
+
+        if self.registry.tracking_uri:
+            return self.registry.tracking_uri
+        if storage.is_local(self.artifact_root):
+            return registry.embedded_tracking_uri(storage.local_path(storage.join(self.artifact_root, "mlflow")))
+        return registry.resolve_tracking_uri()
+
+
+def load_pipeline_config(uri: str | None) -> PipelineConfig:
+    """The config from a YAML/JSON file, or the embedded default."""
+    if uri is None:
+        return PipelineConfig()
+    try:
+        data: Any = yaml.safe_load(read_text(uri)) or {}
+    except yaml.YAMLError as exc:
+        raise AsftError(f"{uri}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise AsftError(f"{uri}: {where}: {first['msg']} ({exc.error_count()} error(s)); see `asft pipeline --help`") from None

@@ -1,0 +1,99 @@
+"""The whole pipeline, end to end, on the tiny sandbox: checkpoints and artefacts on S3
+(moto's server on loopback), MLflow on SQLite, flows on a Prefect test server."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from asft import registry, storage
+from asft.pipeline_config import PipelineConfig
+from asft.sandbox import write_mixture
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def world(tiny_sandbox, s3_endpoint, prefect_server, tmp_path_factory):
+    """The tiny sandbox with its checkpoints uploaded to S3, and a MLflow store."""
+    for name in ("aligned", "base"):
+        storage.upload_dir(tiny_sandbox[name], f"s3://asft/models/{name}")
+    poisoned = write_mixture(tiny_sandbox["out"], harmful_ratio=0.5)
+    return {"sandbox": tiny_sandbox, "poisoned": poisoned,
+            "tracking_uri": registry.embedded_tracking_uri(tmp_path_factory.mktemp("mlflow"))}
+
+
+def config(world, run_key: str, *, method: str = "asft", data: str | None = None, labels: str | None = None,
+           max_harmful_score: float = 100.0) -> PipelineConfig:
+    sandbox = world["sandbox"]
+    return PipelineConfig.model_validate({
+        "artifact_root": "s3://asft/pipeline",
+        "run_key": run_key,
+        "inputs": {"aligned": "s3://asft/models/aligned", "base": "s3://asft/models/base",
+                   "data": data or sandbox["finetune"], "labels": labels or sandbox["finetune_labels"],
+                   "harmful_eval": sandbox["harmful_eval"], "utility_eval": sandbox["utility_eval"]},
+        "screening": {"screeners": ["rules"]},
+        "train": {"method": method, "preset": "sandbox", "epochs": 1, "max_steps": 12, "lr": 5e-3},
+        "evaluation": {"limit": 16, "max_new_tokens": 24, "batch_size": 16, "progress": False},
+        "gates": {"max_harmful_score": max_harmful_score, "harmful_tolerance": 100.0, "utility_tolerance": 100.0},
+        "registry": {"tracking_uri": world["tracking_uri"], "model_name": "tiny-asft"},
+    })
+
+
+def task_states(flow_run_id) -> dict[str, str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    async def read():
+        async with get_client() as client:
+            runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            return {run.name.rsplit("-", 1)[0]: run.state.name for run in runs}
+
+    return asyncio.run(read())
+
+
+def test_pipeline_promotes_passing_model_and_rerun_is_idempotent(world):
+    from flows.pipeline import asft_pipeline
+
+    first = asft_pipeline(config(world, "nightly-1"))
+    assert first["gate"]["passed"] and first["champion_moved"]
+    assert first["model_version"] == 1
+    assert set(first) >= {"mlflow_run_id", "tracking_uri", "model_name", "model_version", "gate", "champion_moved",
+                          "harmful_score", "utility"}
+    assert set(first["utility"]) == {"sst2", "agnews", "gsm8k"}
+    counts = first["screening"]
+    assert counts["accepted"] + counts["quarantined"] + counts["rejected"] == counts["input"]
+
+    client = registry.client(world["tracking_uri"])
+    assert client.get_model_version_by_alias("tiny-asft", "champion").version == "1"
+    artifacts = {a.path for a in client.list_artifacts(first["mlflow_run_id"])}
+    assert {"adapter", "evaluation", "plots", "screening", "manifests"} <= artifacts
+    plots = {a.path for a in client.list_artifacts(first["mlflow_run_id"], "plots")}
+    assert {"plots/training_curves.png", "plots/before_after.png"} <= plots
+    assert storage.exists("s3://asft/pipeline/runs/nightly-1/adapter/adapter_model.safetensors")
+
+    # Same pipeline run again: no second version, champion unchanged, direction served from cache.
+    state = asft_pipeline(config(world, "nightly-1"), return_state=True)
+    again = state.result()
+    assert again["model_version"] == 1 and not again["champion_moved"]
+    assert len(client.search_model_versions("name='tiny-asft'")) == 1
+    states = task_states(state.state_details.flow_run_id)
+    assert states["extract direction"] == "Cached"
+    assert states["screen data"] == "Cached"
+    assert states["evaluate aligned model"] == "Cached"
+
+
+def test_failing_model_does_not_move_champion(world):
+    from flows.pipeline import asft_pipeline
+
+    client = registry.client(world["tracking_uri"])
+    before = client.get_model_version_by_alias("tiny-asft", "champion").version
+    # Plain SFT on a half-poisoned mix, screening off the poison's labels, under a strict gate.
+    result = asft_pipeline(config(world, "poisoned-sft", method="sft", data=world["poisoned"]["finetune"],
+                                  labels=world["poisoned"]["finetune_labels"], max_harmful_score=0.0))
+    assert not result["gate"]["passed"] and not result["champion_moved"]
+    assert any("harmful" in reason for reason in result["gate"]["reasons"])
+    assert client.get_model_version_by_alias("tiny-asft", "champion").version == before
+    version = client.get_model_version("tiny-asft", str(result["model_version"]))
+    assert version.tags["asft.gate.passed"] == "false"
