@@ -209,7 +209,7 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
         optimizer.zero_grad(set_to_none=True)
         step += 1
         tokens += int(batch["attention_mask"].sum())
-        row = {"step": step, "epoch": epoch, "lr": lr, "loss": loss.item(),
+        row = {"step": step, "total_steps": total_steps, "epoch": epoch, "lr": lr, "loss": loss.item(),
                "penalty": None if penalty is None else penalty.item(), "objective": objective.item()}
         metrics.append(row)
         if on_step:
