@@ -134,5 +134,18 @@ def test_flow_parameter_schemas_build_when_the_flows_exist(deployments):
         pytest.skip("flows/ has no entrypoint files yet")
     for deployment in present:
         flow = load_flow_from_entrypoint(str(ROOT / deployment["entrypoint"]))
-        schema = parameter_schema(flow.fn)
-        assert schema.type == "object"
+        schema = parameter_schema(flow.fn).model_dump_for_openapi()
+        assert list(schema["properties"]) == ["config"]
+        models = schema["definitions"]
+        expected = {"asft_pipeline": {"PipelineConfig", "TrainSettings", "ScreenSettings", "GateConfig"},
+                    "train_on_gpu": {"TrainConfig"}, "evaluate_on_gpu": {"EvalConfig", "JudgeConfig"}}
+        assert expected[flow.fn.__name__] <= set(models)
+        train = models.get("TrainSettings") or models["TrainConfig"] if flow.fn.__name__ != "evaluate_on_gpu" else None
+        if train:  # the UI form shows the method choice and the documented, bounded hyper-parameters
+            assert train["properties"]["method"]["enum"] == ["sft", "asft", "safelora"]
+            assert train["properties"]["lr"]["exclusiveMinimum"] == 0 and train["properties"]["lr"]["description"]
+        parameters = deployment.get("parameters") or {}
+        if parameters:  # a deployment's own parameters must validate against the flow's models
+            from asft.pipeline_config import PipelineConfig
+
+            PipelineConfig.model_validate(parameters["config"])
