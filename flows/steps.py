@@ -110,16 +110,22 @@ def screen_data(key: str, data: str, labels: str | None, settings: dict, out: st
             "counts": {**report["counts"], **quality}, "sha256": report["sha256"]}
 
 
+def run_remotely(deployment: str, config: dict, result_file: str) -> dict:
+    """Run a step as its own deployment (a GPU work pool) and read back its manifest."""
+    run = run_deployment(deployment, parameters={"config": config}, timeout=None)
+    if not run.state or not run.state.is_completed():
+        raise RuntimeError(f"deployment {deployment} ended {run.state.name if run.state else 'without a state'}; "
+                           "see that flow run's logs in the Prefect UI")
+    return storage.read_json(storage.join(config["out"], result_file))
+
+
 @task(name="train adapter")
 def train_adapter(config: dict, deployment: str | None) -> dict:
     """Train in-process (with a progress artifact) or as a deployment on a GPU work pool."""
     from asft.training import TrainConfig, train
 
     if deployment:
-        run = run_deployment(deployment, parameters={"config": config}, timeout=None)
-        if not run.state or not run.state.is_completed():
-            raise RuntimeError(f"training deployment {deployment} ended {run.state.name if run.state else 'without state'}")
-        return storage.read_json(storage.join(config["out"], "train_manifest.json"))
+        return {"adapter": config["out"], **run_remotely(deployment, config, "train_manifest.json")}
     progress_id = create_progress_artifact(0.0, key="training-progress", description="AsFT training progress")
     shown = [0.0]
 
@@ -138,10 +144,7 @@ def evaluate(config: dict, deployment: str | None) -> dict:
     from asft.evaluation import evaluate as run_eval
 
     if deployment:
-        run = run_deployment(deployment, parameters={"config": config}, timeout=None)
-        if not run.state or not run.state.is_completed():
-            raise RuntimeError(f"evaluation deployment {deployment} ended {run.state.name if run.state else 'without state'}")
-        return storage.read_json(storage.join(config["out"], "report.json"))
+        return run_remotely(deployment, config, "report.json")
     return run_eval(EvalConfig.model_validate(config))
 
 
