@@ -10,11 +10,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from asft.templates import TemplateName
 
 # The paper's setup is the field defaults (method.md, "Reference hyper-parameters").
-# The sandbox preset suits the tiny offline world: a few fast CPU epochs that are enough for
-# plain SFT on the p=0.1 mixture to break the tiny aligned model's refusals.
+# The sandbox preset suits the offline sandbox world: one epoch at a high LR is enough for
+# plain SFT on the p=0.1 mixture to break the aligned model's refusals (measured: tiny
+# sandbox 13 steps, harmful score 62.5 -> 100; default sandbox 63 steps, 0 -> 100).
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},
-    "sandbox": {"lr": 2e-3, "epochs": 3, "max_length": 128, "batch_size": 8},
+    "sandbox": {"lr": 5e-3, "epochs": 1, "max_length": 96, "batch_size": 16},
 }
 
 # Fields that may change between an interrupted run and its --resume.

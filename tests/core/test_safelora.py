@@ -82,7 +82,7 @@ def test_safelora_projects_an_existing_adapter_folder(tmp_path, llama_pair, trai
     aligned, base = llama_pair
     extract_direction(DirectionConfig(aligned=str(aligned), base=str(base), out=str(tmp_path / "d")))
     sft = train(TrainConfig(model=str(aligned), data=str(train_rows), out=str(tmp_path / "sft"), method="sft",
-                            preset="sandbox", epochs=1, device="cpu"))
+                            preset="sandbox", batch_size=8, device="cpu"))
     summary = train(TrainConfig(model=str(aligned), out=str(tmp_path / "safe"), method="safelora",
                                 adapter=sft["adapter"], direction=str(tmp_path / "d"), safelora_mode="number",
                                 safelora_k=1))
@@ -97,7 +97,7 @@ def test_safelora_projects_an_existing_adapter_folder(tmp_path, llama_pair, trai
     PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(aligned), tmp_path / "safe")
     # training with method safelora = the same SFT run, then the same projection
     trained = train(TrainConfig(model=str(aligned), data=str(train_rows), out=str(tmp_path / "trained"),
-                                method="safelora", direction=str(tmp_path / "d"), preset="sandbox", epochs=1,
+                                method="safelora", direction=str(tmp_path / "d"), preset="sandbox", batch_size=8,
                                 device="cpu", safelora_mode="number", safelora_k=1))
     assert trained["safelora_projected"] == 1
     again = load_file(tmp_path / "trained" / "adapter_model.safetensors")

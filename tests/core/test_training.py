@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from asft.direction import DirectionConfig, extract_direction
 from asft.errors import AsftError
-from asft.training import TrainConfig, train
+from asft.training import PRESETS, TrainConfig, train
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +31,7 @@ def direction(llama_pair, tmp_path_factory):
 
 def config(llama_pair, train_rows, direction, out, **overrides):
     fields = dict(model=str(llama_pair[0]), data=str(train_rows), out=str(out), direction=str(direction),
-                  preset="sandbox", epochs=2, device="cpu")
+                  preset="sandbox", epochs=2, batch_size=8, lr=2e-3, device="cpu")
     return TrainConfig(**{**fields, **overrides})
 
 
@@ -100,7 +100,8 @@ def test_configuration_errors(llama_pair, train_rows, direction, tmp_path):
     with pytest.raises(ValidationError, match="data is required"):
         TrainConfig(model="m", out="o", method="sft")
     assert TrainConfig(model="m", data="d", out="o", method="sft").lr == 5e-5  # paper preset
-    assert TrainConfig(model="m", data="d", out="o", method="sft", preset="sandbox", lr=None).lr == 2e-3
+    sandbox = TrainConfig(model="m", data="d", out="o", method="sft", preset="sandbox", lr=None, epochs=3)
+    assert sandbox.lr == PRESETS["sandbox"]["lr"] and sandbox.epochs == 3
 
     only_q = tmp_path / "only_q"
     extract_direction(DirectionConfig(aligned=str(llama_pair[0]), base=str(llama_pair[1]), out=str(only_q),
@@ -136,7 +137,7 @@ def cli(*args):
 
 def test_kill_and_resume_gives_the_uninterrupted_result(llama_pair, train_rows, direction, tmp_path):
     common = ["--model", str(llama_pair[0]), "--data", str(train_rows), "--method", "asft", "--direction",
-              str(direction), "--preset", "sandbox", "--epochs", "4", "--device", "cpu", "--json"]
+              str(direction), "--preset", "sandbox", "--epochs", "4", "--batch-size", "8", "--lr", "2e-3", "--device", "cpu", "--json"]
     cmd, env = cli(*common, "--out", str(tmp_path / "straight"))
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
