@@ -63,6 +63,21 @@ def _cell(out: Path, name: str, identity: dict, run) -> dict:
     return {**result, "reused": False}
 
 
+def _sandbox_config(args, sandbox_dir: str):
+    """--size when given; else the config of the sandbox already in the folder (so pointing
+    --sandbox at a built one never rebuilds it at another size); else the default size."""
+    from asft import storage
+    from asft.sandbox import SandboxConfig
+
+    manifest_uri = storage.join(sandbox_dir, "sandbox_manifest.json")
+    if args.size is None and storage.exists(manifest_uri):
+        config = SandboxConfig(**storage.read_json(manifest_uri)["config"], device=args.device)
+    else:
+        config = SandboxConfig(size=args.size or "default", device=args.device)
+    say(f"sandbox: {sandbox_dir} (size {config.size})")
+    return config
+
+
 def _direction(out: Path, sandbox: dict) -> dict:
     """Extract V for q_proj/v_proj once; reuse it while both checkpoints are unchanged."""
     from asft.direction import DirectionConfig, checkpoint_sha256, extract_direction
@@ -133,13 +148,12 @@ def _train(config, what: str) -> dict:
 
 def run(args) -> dict:
     from asft import storage
-    from asft.sandbox import SandboxConfig, build_sandbox, write_mixture
+    from asft.sandbox import build_sandbox, write_mixture
 
     started = time.perf_counter()
     out = Path(args.out)
     sandbox_dir = args.sandbox or str(out / "sandbox")
-    say(f"sandbox: {sandbox_dir} (size {args.size})")
-    sandbox = build_sandbox(SandboxConfig(size=args.size, device=args.device), sandbox_dir)
+    sandbox = build_sandbox(_sandbox_config(args, sandbox_dir), sandbox_dir)
     manifest = storage.read_json(storage.join(sandbox_dir, "sandbox_manifest.json"))
     sandbox_id = _digest(manifest["files"])
     direction = _direction(out, sandbox)
@@ -287,7 +301,8 @@ def parse_args(argv: list[str] | None = None):
     parser = argparse.ArgumentParser(prog="python -m benchmarks.sandbox_table", description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print the JSON object instead of the markdown table")
     parser.add_argument("--sandbox", default=None, help="sandbox folder to build into or reuse (default: OUT/sandbox)")
-    parser.add_argument("--size", default="default", choices=("tiny", "default", "large"), help="sandbox size")
+    parser.add_argument("--size", default=None, choices=("tiny", "default", "large"),
+                        help="sandbox size (default: that of the sandbox in --sandbox, else default)")
     parser.add_argument("--ratios", type=_ratios, default=list(DEFAULT_RATIOS), help="harmful ratios p, comma-separated")
     parser.add_argument("--methods", type=_methods, default=list(METHODS), help="comma-separated subset of sft,asft,safelora")
     parser.add_argument("--lam", type=float, default=1.0, help="AsFT penalty weight")

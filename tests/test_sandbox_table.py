@@ -13,7 +13,7 @@ TASKS = ("sst2", "agnews", "gsm8k")
 
 
 def _run(capsys, sandbox: dict, out, *extra: str) -> dict:
-    code = sandbox_table.main(["--json", "--sandbox", sandbox["out"], "--size", "tiny", "--ratios", "0.1",
+    code = sandbox_table.main(["--json", "--sandbox", sandbox["out"], "--ratios", "0.1",
                                "--methods", "sft,asft,safelora", "--limit", "6", "--max-steps", "3",
                                "--max-new-tokens", "12", "--out", str(out), "--device", "cpu", *extra])
     assert code == 0
@@ -22,7 +22,8 @@ def _run(capsys, sandbox: dict, out, *extra: str) -> dict:
 
 @pytest.mark.slow
 def test_table_rows_columns_and_resume(tiny_sandbox, tmp_path, capsys):
-    table = _run(capsys, tiny_sandbox, tmp_path)
+    table = _run(capsys, tiny_sandbox, tmp_path)  # no --size: the built sandbox's own size, no rebuild
+    assert table["sandbox"]["size"] == "tiny"
 
     assert [r["method"] for r in table["reference"]] == ["base", "aligned"]
     assert [(c["method"], c["p"]) for c in table["cells"]] == [("sft", 0.1), ("asft", 0.1), ("safelora", 0.1)]
