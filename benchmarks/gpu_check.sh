@@ -62,7 +62,8 @@ SANDBOX_ARGS=()
 step benchmarks 220 "$OUT/benchmarks.stdout" python -m benchmarks --json --device "$DEVICE" \
   --out "$OUT/benchmarks.json" "${BENCH_ARGS[@]}" "${SANDBOX_ARGS[@]}"
 
-TABLE_ARGS=(--json)
+# 12 fine-tunes + 14 evaluations in the time box: 100 prompts per set, 32 new tokens.
+TABLE_ARGS=(--json --limit 100 --max-new-tokens 32)
 if python -m benchmarks.sandbox_table --help > "$OUT/sandbox_table.help" 2>&1; then
   grep -q -- "--sandbox" "$OUT/sandbox_table.help" && [ ${#SANDBOX_ARGS[@]} -gt 0 ] && TABLE_ARGS+=("${SANDBOX_ARGS[@]}")
   grep -q -- "--device" "$OUT/sandbox_table.help" && TABLE_ARGS+=(--device "$DEVICE")
