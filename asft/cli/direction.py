@@ -3,20 +3,8 @@
 from __future__ import annotations
 
 import typer
-from pydantic import BaseModel, ValidationError
 
-from asft.cli.app import JSON_OPTION, app, emit, progress
-from asft.errors import AsftError
-
-
-def validated(schema: type[BaseModel], /, **fields) -> BaseModel:
-    """A config from CLI options, with pydantic's complaint as one AsftError line naming the option."""
-    try:
-        return schema(**fields)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        option = "--" + str(first["loc"][0]).replace("_", "-") if first["loc"] else "options"
-        raise AsftError(f"{option}: {first['msg'].removeprefix('Value error, ')}") from None
+from asft.cli.app import JSON_OPTION, app, emit, progress, validated
 
 
 @app.command("direction")

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import typer
-from pydantic import ValidationError
 
-from asft.cli.app import JSON_OPTION, app, emit
+from asft.cli.app import JSON_OPTION, app, emit, validated
 from asft.errors import AsftError
 
 
@@ -20,18 +19,6 @@ def parse_utility(specs: list[str]) -> dict[str, str]:
             raise AsftError(f"--utility: task {task!r} given twice; give each task once")
         utility[task] = uri
     return utility
-
-
-def _config(**fields):
-    from asft.evaluation import EvalConfig
-
-    try:
-        return EvalConfig(**fields)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        message = str(first.get("ctx", {}).get("error", first["msg"]))
-        option = f"--{str(first['loc'][0]).replace('_', '-')}: " if first["loc"] else ""
-        raise AsftError(f"{option}{message}") from None
 
 
 @app.command("eval")
@@ -59,7 +46,9 @@ def evaluate_command(
     if judge not in ("keyword", "moderation", "guard"):
         raise AsftError(f"--judge {judge!r}: unknown judge; choose keyword, moderation or guard")
     judge_config = {"kind": judge, "model": judge_model, "threshold": threshold}
-    config = _config(model=model, adapter=adapter, harmful=harmful, utility=parse_utility(utility), out=out,
+    from asft.evaluation import EvalConfig
+
+    config = validated(EvalConfig, model=model, adapter=adapter, harmful=harmful, utility=parse_utility(utility), out=out,
                      judge=judge_config, limit=limit, batch_size=batch_size, max_new_tokens=max_new_tokens,
                      template=template, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     emit(evaluate(config), as_json)

@@ -18,7 +18,7 @@ def inspect_command(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Per module: the update's share along V vs orthogonal to it, its cosine with V and the AsFT penalty."""
-    from asft.cli.direction import validated
+    from asft.cli.app import validated
     from asft.update_inspection import InspectConfig, inspect_update
 
     config = validated(InspectConfig, top_k=top_k)

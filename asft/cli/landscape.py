@@ -46,7 +46,7 @@ def landscape_command(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Sweep W_aligned + a V + b d_perp; report the basin width along V and across it."""
-    from asft.cli.direction import validated
+    from asft.cli.app import validated
     from asft.cli.evaluate import parse_utility
     from asft.landscape import LandscapeConfig, landscape
 

@@ -3,24 +3,12 @@
 from __future__ import annotations
 
 import typer
-from pydantic import ValidationError
 
-from asft.cli.app import JSON_OPTION, app, emit
-from asft.errors import AsftError
+from asft.cli.app import JSON_OPTION, app, emit, validated
 
 sandbox_app = typer.Typer(help="The sandbox safety world: tiny base/aligned models and fine-tuning data, built offline.",
                           no_args_is_help=True)
 app.add_typer(sandbox_app, name="sandbox")
-
-
-def _config(**fields):
-    from asft.sandbox import SandboxConfig
-
-    try:
-        return SandboxConfig(**fields)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise AsftError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
 
 
 @sandbox_app.command("build")
@@ -38,7 +26,9 @@ def build(
     """Build (or reuse) a sandbox: base and aligned models, a fine-tuning mixture with labels, evaluation sets."""
     from asft.sandbox import build_sandbox
 
-    config = _config(size=size, seed=seed, harmful_ratio=harmful_ratio, finetune_rows=finetune_rows,
+    from asft.sandbox import SandboxConfig
+
+    config = validated(SandboxConfig, size=size, seed=seed, harmful_ratio=harmful_ratio, finetune_rows=finetune_rows,
                      finetune_task=finetune_task, device=device)
     emit(build_sandbox(config, out, force=force), as_json)
 

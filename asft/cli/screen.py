@@ -5,22 +5,12 @@ from __future__ import annotations
 from typing import List, Optional
 
 import typer
-from pydantic import ValidationError
 
-from asft.cli.app import JSON_OPTION, app, emit, progress
+from asft.cli.app import JSON_OPTION, app, emit, progress, validated
 from asft.errors import AsftError
 
 screen_app = typer.Typer(help="Ingest fine-tuning data and quarantine harmful rows before training.")
 app.add_typer(screen_app, name="screen")
-
-
-def _validated(model, **fields):
-    try:
-        return model(**fields)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]).replace("_", "-")
-        raise AsftError(f"--{where}: {first['msg']}") from None
 
 
 @screen_app.callback(invoke_without_command=True)
@@ -62,11 +52,11 @@ def screen(
                "device": "cpu" if device == "auto" else device}
     if screener_model:
         encoder["head" if is_head_folder(screener_model) else "model"] = screener_model
-    config = _validated(
+    config = validated(
         ScreenConfig, data=data, out=out, screeners=screener, combine=combine, labels=labels, device=device,
         classifier_model=classifier_model, guard_model=guard_model,
-        encoder=_validated(EncoderConfig, **encoder),
-        ingest=_validated(IngestConfig, format=format, schema=schema, fields=FieldMap(), on_malformed=on_malformed,
+        encoder=validated(EncoderConfig, **encoder),
+        ingest=validated(IngestConfig, format=format, schema=schema, fields=FieldMap(), on_malformed=on_malformed,
                           duplicates=duplicates, max_chars=max_chars, require_output=not allow_missing_output,
                           hf_split=hf_split))
     report = run_screen(config, progress=progress)
@@ -91,7 +81,7 @@ def fit(
     from asft.data.report import load_labels
     from asft.data.screening.encoder import BUNDLED_MODEL, fit_head
 
-    ingested = ingest(data, _validated(IngestConfig, require_output=not allow_missing_output))
+    ingested = ingest(data, validated(IngestConfig, require_output=not allow_missing_output))
     truth = load_labels(labels, ingested)
     progress(f"fitting a head on {len(ingested.rows)} rows ({len(ingested.rejects)} rejected)")
     summary = fit_head([r.record for r in ingested.rows], [truth[r.row_index] for r in ingested.rows], out,

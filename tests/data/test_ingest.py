@@ -10,7 +10,7 @@ import pytest
 from asft.data.ingest import FieldMap, IngestConfig, ingest, to_record
 from asft.errors import AsftError
 from asft.templates import Record
-from conftest import BENIGN, write_jsonl
+from data_helpers import BENIGN, write_jsonl
 
 
 def _records(result):

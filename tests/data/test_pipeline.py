@@ -9,7 +9,7 @@ import sys
 from asft.data.mixtures import build_mixture, write_mixture
 from asft.data.pipeline import ScreenConfig, run_screen
 from asft.templates import Record
-from conftest import BENIGN, HARMFUL, write_jsonl
+from data_helpers import BENIGN, HARMFUL, write_jsonl
 
 
 def _read_jsonl(path):

@@ -9,7 +9,7 @@ import pytest
 
 from asft.data.ingest import ingest
 from asft.templates import IGNORE_INDEX, encode_example, render_prompt
-from conftest import write_jsonl
+from data_helpers import write_jsonl
 
 CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
                  "{% if add_generation_prompt %}<|assistant|>{% endif %}")

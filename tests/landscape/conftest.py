@@ -3,10 +3,6 @@ adapter, shared by the landscape and inspection tests."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
@@ -40,9 +36,3 @@ def world(tiny_sandbox, tmp_path_factory):
     peft_model.save_pretrained(folder / "adapter")
     return {**tiny_sandbox, "direction": direction, "moved": str(folder / "moved"), "adapter": str(folder / "adapter"),
             "peft_model": peft_model}
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    # one intra-op thread: a tiny model gains nothing from more, and spinning threads on busy cores cost 10x
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "asft", *args], capture_output=True, text=True, timeout=300, env=env)

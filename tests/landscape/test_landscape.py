@@ -179,7 +179,7 @@ def test_landscape_1d_on_tiny_sandbox(world, tmp_path):
 def test_cli_landscape_json_and_errors(world, tmp_path):
     import json
 
-    from conftest import run_cli
+    from landscape_helpers import run_cli
 
     common = ["--model", world["aligned"], "--harmful", world["harmful_eval"]]
     done = run_cli("landscape", *common, "--direction", world["direction"], "--out", str(tmp_path / "ls"),

@@ -161,7 +161,7 @@ def test_inspect_errors(world, tmp_path):
 
 @pytest.mark.slow
 def test_cli_inspect_json_and_exit_code(world, tmp_path):
-    from conftest import run_cli
+    from landscape_helpers import run_cli
 
     done = run_cli("inspect", "--adapter", world["adapter"], "--direction", world["direction"],
                    "--out", str(tmp_path / "i"), "--top-k", "2", "--json")
