@@ -80,7 +80,7 @@ def checkpoint_sha256(folder: str | os.PathLike) -> str:
     return storage.sha256_tree(folder, "*.safetensors")
 
 
-def _tensor_files(folder: Path, what: str) -> dict[str, Path]:
+def tensor_files(folder: Path, what: str) -> dict[str, Path]:
     """Tensor name -> the safetensors file holding it (from the shard index, else the files)."""
     from safetensors import safe_open
 
@@ -109,7 +109,7 @@ def _shape(path: Path, key: str) -> list[int]:
         return list(fh.get_slice(key).get_shape())
 
 
-def _read(path: Path, key: str) -> torch.Tensor:
+def read_tensor(path: Path, key: str) -> torch.Tensor:
     # open/close per tensor: the mapping is released, so touched pages leave RSS at once
     from safetensors import safe_open
 
@@ -151,7 +151,7 @@ def _plan(config: DirectionConfig, aligned: Path, base: Path) -> tuple[list[str]
     if a_type != b_type:
         raise AsftError(f"architectures differ: aligned {config.aligned} is {a_type!r}, base {config.base} is {b_type!r}; "
                         "give the base model the aligned one was trained from")
-    a_files, b_files = _tensor_files(aligned, "aligned model"), _tensor_files(base, "base model")
+    a_files, b_files = tensor_files(aligned, "aligned model"), tensor_files(base, "base model")
     a_mods = select_modules(a_files, config.target_modules, config.target_regex)
     b_mods = select_modules(b_files, config.target_modules, config.target_regex)
     pattern = f"regex {config.target_regex!r}" if config.target_regex else f"target modules {','.join(config.target_modules)}"
@@ -226,8 +226,8 @@ def extract_direction(config: DirectionConfig, progress: Callable[[str], None] |
         try:
             for i, name in enumerate(modules):
                 key = name + ".weight"
-                v = _read(a_files[key], key).to(torch.float32)
-                v.sub_(_read(b_files[key], key).to(torch.float32))
+                v = read_tensor(a_files[key], key).to(torch.float32)
+                v.sub_(read_tensor(b_files[key], key).to(torch.float32))
                 rss_max = max(rss_max, _rss_mb())
                 norms[name] = torch.linalg.matrix_norm(v).item()
                 if name in svd_names:

@@ -224,17 +224,17 @@ def project_onto_axes(updates: Mapping[str, ModuleUpdate], axes: Sequence[Mappin
 
 def base_difference(model, base: str) -> dict[str, torch.Tensor]:
     """``W_aligned - W_base`` for every 2-D weight of ``model`` (norm layers and biases are 1-D)."""
-    from asft.direction import _read, _tensor_files
+    from asft.direction import read_tensor, tensor_files
     from asft.modeling import resolve_checkpoint
 
-    files = _tensor_files(resolve_checkpoint(base, "base model"), "base model")
+    files = tensor_files(resolve_checkpoint(base, "base model"), "base model")
     vectors = {}
     for name, param in model.named_parameters():
         if param.dim() != 2:
             continue
         if name not in files:
             raise AsftError(f"base model {base}: has no tensor {name}; give the base the aligned model was trained from")
-        W_b = _read(files[name], name).float()
+        W_b = read_tensor(files[name], name).float()
         if tuple(W_b.shape) != tuple(param.shape):
             raise AsftError(f"base model {base}: {name} is {tuple(W_b.shape)}, the model's is {tuple(param.shape)}")
         vectors[name] = param.detach().float().cpu() - W_b

@@ -156,17 +156,17 @@ def adapter_updates(uri: str) -> dict[str, ModuleUpdate]:
 
 def checkpoint_updates(checkpoint: str, aligned: str, modules: list[str]) -> Iterator[tuple[str, ModuleUpdate]]:
     """``W_ft - W_aligned`` for each module, read one tensor at a time (never a whole model)."""
-    from asft.direction import _read, _tensor_files
+    from asft.direction import read_tensor, tensor_files
     from asft.modeling import resolve_checkpoint
 
-    tuned_files = _tensor_files(resolve_checkpoint(checkpoint, "checkpoint"), "checkpoint")
-    aligned_files = _tensor_files(resolve_checkpoint(aligned, "aligned model"), "aligned model")
+    tuned_files = tensor_files(resolve_checkpoint(checkpoint, "checkpoint"), "checkpoint")
+    aligned_files = tensor_files(resolve_checkpoint(aligned, "aligned model"), "aligned model")
     for module in modules:
         key = f"{module}.weight"
         for files, uri in ((tuned_files, checkpoint), (aligned_files, aligned)):
             if key not in files:
                 raise AsftError(f"{uri}: has no tensor {key} (a direction module); use the checkpoint the direction was built for")
-        yield module, ModuleUpdate(B=_read(tuned_files[key], key).float() - _read(aligned_files[key], key).float())
+        yield module, ModuleUpdate(B=read_tensor(tuned_files[key], key).float() - read_tensor(aligned_files[key], key).float())
 
 
 # ---------------------------------------------------------------- the report

@@ -105,9 +105,9 @@ def _child(what: str, aligned: str, base: str, out: str) -> dict:
     """Runs inside the subprocess: one measurement, as JSON on stdout."""
     from safetensors import safe_open
 
-    from asft.direction import DirectionConfig, _tensor_files, checkpoint_sha256, extract_direction, select_modules
+    from asft.direction import DirectionConfig, tensor_files, checkpoint_sha256, extract_direction, select_modules
 
-    files = {side: _tensor_files(Path(p), side) for side, p in (("aligned", aligned), ("base", base))}
+    files = {side: tensor_files(Path(p), side) for side, p in (("aligned", aligned), ("base", base))}
     keys = [m + ".weight" for m in select_modules(files["aligned"], TARGETS, None)]
     config = DirectionConfig(aligned=aligned, base=base, out=out, target_modules=TARGETS)
     # one-time library set-up (LAPACK workspaces, the numpy bridge) is not per-tensor memory
