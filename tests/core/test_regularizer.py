@@ -136,3 +136,14 @@ def test_low_rank_factor_keeps_the_dtype_and_the_global_rng():
     L = build_anchors({"m": V.to(torch.bfloat16)}, "fro", rank=4)["m"].V
     assert L.dtype == torch.bfloat16 and L.shape == (32, 4)
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_anchor_product_gradient_passes_gradcheck_including_second_use_of_the_output():
+    # the hand-written backward (C symmetric: grad -> C grad) against finite differences
+    from asft.regularizer import apply_anchor
+
+    _, B, V = random_module(out=12, inp=9, r=3, seed=5)
+    B.requires_grad_(True)
+    norm = torch.linalg.matrix_norm(V)
+    assert torch.autograd.gradcheck(lambda M: apply_anchor(M, V, norm) ** 2, (B,))
+    assert torch.allclose(apply_anchor(B, V, norm), V @ V.T @ B / norm, rtol=1e-12, atol=0)
