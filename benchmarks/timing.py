@@ -39,6 +39,12 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def paired_ratio(a: list[float], b: list[float]) -> float:
+    """Median of a[i] / b[i]: arms timed in the same round share the machine's state then,
+    so the per-round ratio cancels slow drift that the ratio of two medians keeps."""
+    return statistics.median(x / y for x, y in zip(a, b, strict=True))
+
+
 def result(ratio_name: str, ratio: float, target: str | None, met: bool | None, **details) -> dict:
     """One benchmark's record: the ratio first, then what it was measured on."""
     return {"name": ratio_name, "ratio": round(ratio, 4), "target": target, "met": met, **details}
