@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check: one NVIDIA GPU, no network, about 6 minutes (every step time-boxed, 8 at most).
+# GPU check: one NVIDIA GPU, no network, about 6 minutes (every step time-boxed: 8.5 at most).
 # Usage: benchmarks/gpu_check.sh OUT_DIR
 #   1 environment    GPU, driver, versions                                  -> environment.json
 #   2 benchmarks     python -m benchmarks, full mode on CUDA: step at 7B module shapes (hidden
@@ -44,7 +44,7 @@ else
   DEVICE=cuda; MODE=(); SIZE=large; RUN=()
 fi
 
-step environment 60 "$OUT/environment.json" python - "$DEVICE" <<'PY'
+step environment 30 "$OUT/environment.json" python - "$DEVICE" <<'PY'
 import json, os, subprocess, sys
 import peft, torch, transformers
 device = sys.argv[1]
@@ -64,21 +64,21 @@ elif device == "cuda":
 print(json.dumps(info))
 PY
 
-step benchmarks 150 "$OUT/benchmarks.stdout" python -m benchmarks --json --device "$DEVICE" "${MODE[@]}" \
+step benchmarks 130 "$OUT/benchmarks.stdout" python -m benchmarks --json --device "$DEVICE" "${MODE[@]}" \
   --only step,penalty,memory,extraction --out "$OUT/benchmarks.json"
 
-step sandbox_build 150 "$OUT/sandbox_build.json" "${RUN[@]}" python -m asft sandbox build --out "$SANDBOX" \
+step sandbox_build 140 "$OUT/sandbox_build.json" "${RUN[@]}" python -m asft sandbox build --out "$SANDBOX" \
   --size "$SIZE" --device "$DEVICE" --json
 
 SANDBOX_ARGS=()
 [ -f "$SANDBOX/sandbox_manifest.json" ] && SANDBOX_ARGS=(--sandbox "$SANDBOX")
-step generation 60 "$OUT/generation.stdout" python -m benchmarks --json --device "$DEVICE" "${MODE[@]}" \
+step generation 45 "$OUT/generation.stdout" python -m benchmarks --json --device "$DEVICE" "${MODE[@]}" \
   --only generation --out "$OUT/generation.json" "${SANDBOX_ARGS[@]}"
 
 # 8 fine-tunes + 10 evaluations in the time box: 100 prompts per set, 32 new tokens
 TABLE_ARGS=(--json --limit 100 --max-new-tokens 32 --device "$DEVICE" --out "$TABLE" "${SANDBOX_ARGS[@]}")
-step sandbox_table 120 "$OUT/sandbox_table.json" "${RUN[@]}" python -m benchmarks.sandbox_table "${TABLE_ARGS[@]}"
-step table_lam100 60 "$OUT/table_lam100.json" "${RUN[@]}" python -m benchmarks.sandbox_table "${TABLE_ARGS[@]}" \
+step sandbox_table 110 "$OUT/sandbox_table.json" "${RUN[@]}" python -m benchmarks.sandbox_table "${TABLE_ARGS[@]}"
+step table_lam100 50 "$OUT/table_lam100.json" "${RUN[@]}" python -m benchmarks.sandbox_table "${TABLE_ARGS[@]}" \
   --methods sft,asft --lam 100
 
 python - "$OUT" "$DRY" <<'PY' | tee "$OUT/summary.txt"
