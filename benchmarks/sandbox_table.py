@@ -131,14 +131,9 @@ def _train_config(args, method: str, model: str, data: str | None, direction: st
 def _train(config, what: str) -> dict:
     from asft.training import train
 
-    def on_step(row: dict) -> None:
-        every = max(1, row["total_steps"] // 4)
-        if row["step"] % every == 0 or row["step"] == row["total_steps"]:
-            penalty = "" if row["penalty"] is None else f" penalty {row['penalty']:.4g}"
-            say(f"{what}: step {row['step']}/{row['total_steps']} loss {row['loss']:.4f}{penalty}")
-
+    say(f"{what}: training")  # the trainer logs its own progress lines
     started = time.perf_counter()
-    summary = train(config, on_step=on_step)
+    summary = train(config)
     return {"train_s": round(time.perf_counter() - started, 2), "final_loss": summary.get("final_loss"),
             "final_penalty": summary.get("final_penalty"), "steps": summary.get("steps"),
             "safelora_projected": summary.get("safelora_projected")}

@@ -82,7 +82,7 @@ def generate_tokens(model, tokenizer, prompts: list[str], *, batch_size: int = 3
 
     ``add_special_tokens=False`` for prompts that already hold them (chat templates add BOS).
     """
-    from tqdm.auto import tqdm
+    from asft.progress import progress_bar
 
     if batch_size < 1 or max_new_tokens < 1:
         raise ValueError("batch_size and max_new_tokens must be >= 1")
@@ -96,8 +96,8 @@ def generate_tokens(model, tokenizer, prompts: list[str], *, batch_size: int = 3
     results: list[list[int]] = [[] for _ in prompts]
     with _plain_generation_config(model, tokenizer, max_new_tokens) as config:
         pad, stops = config.pad_token_id, set(config.eos_token_id)
-        for start in tqdm(range(0, len(order), batch_size), desc="generate", unit="batch",
-                          disable=None if progress else True):
+        bar = progress_bar(-(-len(order) // batch_size), "generate", unit="batches", enabled=progress)
+        for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
             width = max(len(encoded[i]) for i in rows)
             ids = torch.full((len(rows), width), pad, dtype=torch.long)
@@ -111,6 +111,8 @@ def generate_tokens(model, tokenizer, prompts: list[str], *, batch_size: int = 3
                 new = out[r, width:].tolist()
                 end = next((k for k, t in enumerate(new) if t in stops), len(new))
                 results[i] = new[:end]
+            bar.update(1)
+    bar.close()
     return results
 
 

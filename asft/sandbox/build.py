@@ -121,9 +121,9 @@ def _train(model, examples: list[dict], *, steps: int, batch_size: int, lr: floa
            device, pad_id: int, what: str) -> float:
     """AdamW with linear warmup and cosine decay on randomly drawn batches; returns the last loss."""
     import torch
-    from tqdm.auto import tqdm
 
     from asft.batching import collate
+    from asft.progress import progress_bar
 
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
@@ -134,8 +134,8 @@ def _train(model, examples: list[dict], *, steps: int, batch_size: int, lr: floa
     order: list[list[int]] = []
     use_bf16 = device.type == "cuda"
     smoothed = float("nan")
-    bar = tqdm(range(steps), desc=f"[sandbox] train {what}", disable=None, leave=False)
-    for step in bar:
+    bar = progress_bar(steps, f"[sandbox] train {what}", unit="steps")
+    for step in range(steps):
         if not order:
             order = _length_bucketed(examples, batch_size, generator)
         batch = collate([examples[i] for i in order.pop()], pad_id)
@@ -151,6 +151,8 @@ def _train(model, examples: list[dict], *, steps: int, batch_size: int, lr: floa
         smoothed = value if math.isnan(smoothed) else 0.95 * smoothed + 0.05 * value
         if step % 50 == 0:
             bar.set_postfix(loss=f"{smoothed:.3f}")
+        bar.update(1)
+    bar.close()
     model.eval()
     return smoothed
 

@@ -144,7 +144,7 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
     if config.method == "safelora" and config.adapter:
         return _project_existing(config, started)
     from peft import LoraConfig, get_peft_model
-    from tqdm import tqdm
+    from asft.progress import progress_bar
 
     seed_everything(config.seed)
     device = pick_device(config.device)
@@ -186,8 +186,7 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
     model.train()
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     tokens, loop_started = 0, time.perf_counter()
-    bar = tqdm(total=total_steps, initial=step, desc=f"train {config.method}", file=sys.stderr,
-               disable=not sys.stderr.isatty())
+    bar = progress_bar(total_steps, f"train {config.method}", initial=step, unit="steps")
     while step < total_steps:
         epoch, position = divmod(step, steps_per_epoch)
         lr = config.lr * config.lr_decay ** epoch  # LR x decay after each epoch
