@@ -21,7 +21,7 @@ SHAPES = {"tiny": dict(prompts=4, batch=4, new_tokens=4, repeats=1, warmup=0, si
           "quick": dict(prompts=32, batch=32, new_tokens=32, repeats=3, warmup=1, size="tiny"),
           "full": dict(prompts=64, batch=64, new_tokens=64, repeats=3, warmup=1, size="default"),
           # GPU: one sequential pass is ~prompts x new_tokens decoder steps of ~15 ms; keep it inside the time box
-          "full-cuda": dict(prompts=32, batch=32, new_tokens=32, repeats=2, warmup=1, size="large")}
+          "full-cuda": dict(prompts=32, batch=32, new_tokens=32, repeats=2, warmup=1, size="default")}
 
 
 def _random_model(folder: Path):

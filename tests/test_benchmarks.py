@@ -65,8 +65,8 @@ def test_gpu_check_dry_run_writes_a_result_per_step(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     steps = json.loads((out / "steps.json").read_text())
-    assert [s["name"] for s in steps] == ["environment", "benchmarks", "sandbox_build", "generation",
-                                          "sandbox_table", "table_lam100"]
+    assert [s["name"] for s in steps] == ["environment", "benchmarks", "sandbox_build", "sandbox_table",
+                                          "table_lam100", "generation"]
     assert all(s["rc"] == 0 and s["seconds"] >= 0 for s in steps), steps
     summary = (out / "summary.txt").read_text()
     assert "naive_over_fast_penalty" in summary and "batched_over_sequential_generation" in summary
