@@ -1,7 +1,9 @@
-"""Direction extraction: exact V per module by name, biases skipped, shards, errors, loader."""
+"""Direction extraction: exact V per module by name, biases skipped, shards, stored dtypes,
+provenance hashes, errors, loader."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -12,7 +14,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from asft.direction import DirectionConfig, extract_direction, load_direction
+from pydantic import ValidationError
+from safetensors.torch import save_file
+
+from asft.direction import DirectionConfig, checkpoint_sha256, extract_direction, load_direction
 from asft.errors import AsftError
 
 
@@ -137,12 +142,16 @@ def test_errors_are_one_clear_line(llama_pair, qwen_pair, tmp_path):
 def test_cli_direction_json_and_error(llama_pair, tmp_path):
     aligned, base = llama_pair
     cmd = [sys.executable, "-m", "asft", "direction", "--aligned", str(aligned), "--base", str(base),
-           "--out", str(tmp_path / "d"), "--target-modules", "q_proj", "--dtype", "float16", "--json"]
+           "--out", str(tmp_path / "d"), "--target-modules", "q_proj", "--base-sha256", "AB" * 32,
+           "--dtype", "float16", "--json"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert summary["modules"] == 2 and summary["dtype"] == "float16"
-    assert summary["direction_sha256"] == load_direction(tmp_path / "d").sha256
+    manifest = load_direction(tmp_path / "d").manifest
+    assert summary["direction_sha256"] == manifest["direction_sha256"]
+    assert manifest["base"]["sha256"] == "ab" * 32 and manifest["base"]["sha256_source"] == "given"
+    assert manifest["aligned"]["sha256_source"] == "computed"
     bad = subprocess.run(cmd[:-3] + ["--dtype", "int8"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.startswith("asft: error: --dtype")
 
@@ -155,3 +164,82 @@ def test_randomized_singular_values_of_large_modules_match_the_leading_exact_one
     values, method = top_singular_values(V, 5)
     assert method == "randomized"
     assert values[:3] == pytest.approx(torch.linalg.svdvals(V)[:3].tolist(), rel=1e-4)
+
+
+def save_sharded(folder, tensors, shards=2):
+    """A checkpoint folder holding ``tensors`` as stored, split over shards with an index."""
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    names, weight_map = sorted(tensors), {}
+    for i in range(shards):
+        file = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+        save_file({k: tensors[k] for k in names[i::shards]}, folder / file)
+        weight_map.update(dict.fromkeys(names[i::shards], file))
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return folder
+
+
+# q_proj of layer 0 spans two read chunks (2^18 elements each); min dimension > 256: randomized diagnostic
+SHAPES = {"model.layers.0.self_attn.q_proj.weight": (640, 512), "model.layers.0.self_attn.v_proj.weight": (24, 40),
+          "model.layers.1.self_attn.q_proj.weight": (40, 40), "model.layers.1.self_attn.v_proj.weight": (24, 40),
+          "model.layers.0.self_attn.q_proj.bias": (640,), "model.layers.0.input_layernorm.weight": (40,)}
+
+
+def stored_pair(root, aligned_dtype, base_dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    base = {k: torch.randn(shape, generator=g) for k, shape in SHAPES.items()}
+    aligned = {k: (w + 0.01 * torch.randn(w.shape, generator=g)).to(aligned_dtype) for k, w in base.items()}
+    return (save_sharded(root / "aligned", aligned, shards=2),
+            save_sharded(root / "base", {k: w.to(base_dtype) for k, w in base.items()}, shards=3))
+
+
+def stored_bytes_sha256(folder, names):
+    """sha256 of the weights' bytes as stored, via safetensors' own loader."""
+    tensors = weights(folder)
+    digest = hashlib.sha256()
+    for name in names:
+        digest.update(tensors[name + ".weight"].contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+@pytest.mark.parametrize("aligned_dtype,base_dtype", [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16),
+                                                      (torch.float16, torch.float16), (torch.bfloat16, torch.float32)])
+def test_direction_is_exact_for_each_stored_dtype_and_hashes_what_it_read(tmp_path, aligned_dtype, base_dtype):
+    aligned, base = stored_pair(tmp_path, aligned_dtype, base_dtype)
+    given = checkpoint_sha256(aligned)
+    manifest = extract_direction(DirectionConfig(aligned=str(aligned), base=str(base), out=str(tmp_path / "d"),
+                                                 aligned_sha256=given.upper()))
+    wa, wb = weights(aligned), weights(base)
+    got = load_file(tmp_path / "d" / "direction.safetensors")
+    names = sorted(k[:-7] for k in SHAPES if k.endswith("proj.weight"))
+    assert sorted(got) == manifest["modules"] == names
+    for name in names:
+        assert got[name].dtype == torch.float32
+        assert torch.equal(got[name], wa[name + ".weight"].float() - wb[name + ".weight"].float())
+    assert manifest["aligned"]["sha256"] == given and manifest["aligned"]["sha256_source"] == "given"
+    assert manifest["base"]["sha256"] == checkpoint_sha256(base) and manifest["base"]["sha256_source"] == "computed"
+    assert manifest["aligned"]["tensors_sha256"] == stored_bytes_sha256(aligned, names)
+    assert manifest["base"]["tensors_sha256"] == stored_bytes_sha256(base, names)
+    assert manifest["direction_sha256"] == hashlib.sha256((tmp_path / "d" / "direction.safetensors").read_bytes()).hexdigest()
+    big = "model.layers.0.self_attn.q_proj"
+    assert manifest["singular_values_method"][big] == "randomized"
+    exact = torch.linalg.svdvals(got[big].double())[:8]
+    # the diagnostic on a flat (random) spectrum: within 15% (measured 7-8% low at 1024^2)
+    assert torch.allclose(torch.tensor(manifest["top_singular_values"][big], dtype=torch.float64), exact, rtol=0.15)
+
+
+def test_stored_dtype_hash_and_file_errors(tmp_path):
+    aligned, base = stored_pair(tmp_path, torch.float64, torch.float32)
+    with pytest.raises(AsftError, match=r"q_proj.weight in .*model-0000\d-of-00002.safetensors is stored as F64"):
+        extract_direction(DirectionConfig(aligned=str(aligned), base=str(base), out=str(tmp_path / "d")))
+    with pytest.raises(ValidationError, match="not a sha256"):
+        DirectionConfig(aligned=str(aligned), base=str(base), out=str(tmp_path / "d"), base_sha256="12ab")
+    good = save_sharded(tmp_path / "good", {k: torch.zeros(s) for k, s in SHAPES.items()}, shards=1)
+    shard = good / "model-00001-of-00001.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-100])
+    with pytest.raises(AsftError, match="beyond the end of the file"):
+        extract_direction(DirectionConfig(aligned=str(good), base=str(base), out=str(tmp_path / "d")))
+    shard.write_bytes(b"\xff" * 64)
+    with pytest.raises(AsftError, match="not a valid safetensors file"):
+        extract_direction(DirectionConfig(aligned=str(good), base=str(base), out=str(tmp_path / "d")))
+    assert not (tmp_path / "d").exists()
