@@ -34,7 +34,7 @@ def settings_of(config: type[BaseModel], exclude: set[str], doc: str) -> type[Ba
                         __config__=ConfigDict(extra="forbid"), **fields)
 
 
-DirectionSettings = settings_of(DirectionConfig, {"aligned", "base", "out"},
+DirectionSettings = settings_of(DirectionConfig, {"aligned", "base", "out", "aligned_sha256", "base_sha256"},
                                 "Which modules the alignment direction covers and how V is stored.")
 TrainSettings = settings_of(TrainConfig, {"model", "out", "data", "direction", "adapter", "resume", "checkpoint_dir"},
                             "Fine-tuning method and hyper-parameters (unset ones come from the preset).")

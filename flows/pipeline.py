@@ -33,7 +33,8 @@ def asft_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
         key = steps.content_key("direction", hashes["aligned"], hashes["base"], config.direction.model_dump())
         out = storage.join(root, "directions", key)
         direction = steps.cached(steps.extract_direction, out)(
-            key, inputs["aligned"], inputs["base"], config.direction.model_dump(), out)
+            key, inputs["aligned"], inputs["base"], config.direction.model_dump(), out,
+            {"aligned": hashes["aligned"], "base": hashes["base"]})
 
         key = steps.content_key("screening", hashes["data"], inputs["labels"], config.screening.model_dump(by_alias=True))
         out = storage.join(root, "screening", key)

@@ -90,11 +90,14 @@ def resolve_inputs(inputs: dict, sandbox: dict, sandbox_out: str) -> dict:
 
 
 @task(name="extract direction", **IO_RETRIES, **CACHED)
-def extract_direction(key: str, aligned: str, base: str, settings: dict, out: str) -> dict:
+def extract_direction(key: str, aligned: str, base: str, settings: dict, out: str, hashes: dict) -> dict:
+    """``hashes``: the fingerprint step's checkpoint hashes, recorded as given instead of
+    hashing both checkpoints a second time."""
     from asft.direction import DirectionConfig
     from asft.direction import extract_direction as extract
 
-    manifest = extract(DirectionConfig(aligned=aligned, base=base, out=out, **settings))
+    manifest = extract(DirectionConfig(aligned=aligned, base=base, out=out, aligned_sha256=hashes["aligned"],
+                                       base_sha256=hashes["base"], **settings))
     return {"uri": out, "direction_sha256": manifest["direction_sha256"], "modules": len(manifest["modules"]),
             "seconds": manifest["seconds"], "rss_growth_mb": manifest["rss_growth_mb"]}
 
