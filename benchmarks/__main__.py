@@ -72,9 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         if device.type == "cuda":
             torch.cuda.empty_cache()
     report["ratios"] = {k: v["ratio"] for k, v in report["results"].items()}
-    for key, extra in (("extract_peak_rss_over_largest_tensor", "extract_time_over_read_time"),):
+    for key, extras in (("extract_peak_rss_over_largest_tensor",
+                         ("extract_time_over_read_time", "extract_with_checkpoint_hashing_over_read_time")),):
         if key in report["results"]:
-            report["ratios"][extra] = report["results"][key][extra]
+            report["ratios"].update({extra: report["results"][key][extra] for extra in extras})
     text = json.dumps(report, indent=None if args.json else 2)
     if args.out:
         from asft import storage
