@@ -427,19 +427,6 @@ class _Phases:
             self.seconds[phase] += time.perf_counter() - started
 
 
-@contextmanager
-def _torch_threads_beside_hashing():
-    """Fewer torch intra-op threads while the hashing threads run: on 2 cores, torch's
-    threads spinning between the many small operations beside two sha256 threads made the
-    extraction 30-40% slower (measured); the hashing keeps two cores busy."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(1, min(before, (os.cpu_count() or 1) - 2)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _input_record(uri: str, folder: Path, given: str | None, computed: Future | None, tensors_sha256: str) -> dict:
     return {"uri": uri, "model_type": _model_type(folder), "sha256": given or computed.result(),
             "sha256_source": "given" if given else "computed", "tensors_sha256": tensors_sha256}
@@ -469,7 +456,7 @@ def extract_direction(config: DirectionConfig, progress: Callable[[str], None] |
     v_buffer = torch.empty(max(torch.Size(s).numel() for s in shapes.values()), dtype=torch.float32)
     norms, singular, svd_method, rss_max = {}, {}, {}, rss_start
     try:
-        with storage.staged_dir(config.out) as tmp, _torch_threads_beside_hashing():
+        with storage.staged_dir(config.out) as tmp:
             a_reader, b_reader = _TensorReader(), _TensorReader()
             writer = _StreamingSafetensors(tmp / DIRECTION_FILE, shapes, getattr(torch, config.dtype), {"format": FORMAT})
             try:
