@@ -92,7 +92,8 @@ def _direction(out: Path, sandbox: dict) -> dict:
             return {"uri": str(folder), "sha256": manifest["direction_sha256"], "seconds": manifest["seconds"]}
     say("direction: extracting q_proj, v_proj")
     manifest = extract_direction(DirectionConfig(aligned=sandbox["aligned"], base=sandbox["base"], out=str(folder),
-                                                 target_modules=["q_proj", "v_proj"]))
+                                                 target_modules=["q_proj", "v_proj"],
+                                                 aligned_sha256=wanted["aligned"], base_sha256=wanted["base"]))
     return {"uri": str(folder), "sha256": manifest["direction_sha256"], "seconds": manifest["seconds"]}
 
 
