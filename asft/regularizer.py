@@ -103,7 +103,7 @@ def low_rank_factor(V: torch.Tensor, k: int, *, oversample: int = 10, power_iter
     generator = torch.Generator(device=M.device).manual_seed(seed)
     Q = torch.linalg.qr(M @ torch.randn(M.shape[1], q, generator=generator, device=M.device, dtype=dtype))[0]
     for _ in range(power_iterations):  # re-orthonormalised each time: s^(2i) decay would lose the tail in float32
-        Q = torch.linalg.qr(M @ torch.linalg.qr(M.T @ Q)[0])[0]
+        Q = torch.linalg.qr(M @ torch.linalg.qr((Q.T @ M).T)[0])[0]  # (Q^T M)^T = M^T Q, reading M row-major
     U, S, _ = torch.linalg.svd(Q.T @ M, full_matrices=False)  # (q, in): small
     return (Q @ (U[:, :k] * S[:k])).to(V.dtype)
 
