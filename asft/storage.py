@@ -188,7 +188,7 @@ def materialize(uri: str | os.PathLike) -> Path:
     listing = fs.find(path, detail=True) if fs.isdir(path) else {path: fs.info(path)}
     version = sorted((name, info.get("size"), str(info.get("ETag") or info.get("mtime") or info.get("LastModified")))
                      for name, info in listing.items())
-    key = hashlib.sha256(json.dumps([uri, version]).encode()).hexdigest()[:24]
+    key = sha256_json([uri, version])[:24]
     target = cache_root() / "remote" / key / Path(path).name
     if not target.exists():
         with tempfile.TemporaryDirectory(dir=_ensure(cache_root())) as tmp:
@@ -206,6 +206,11 @@ def _ensure(path: Path) -> Path:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def sha256_json(value: Any) -> str:
+    """A stable content hash of JSON-able settings (keys sorted; other objects by ``str``)."""
+    return sha256_bytes(json.dumps(value, sort_keys=True, default=str).encode())
 
 
 def sha256_file(path: str | os.PathLike) -> str:

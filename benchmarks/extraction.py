@@ -123,7 +123,10 @@ def _child(what: str, aligned: str, base: str, out: str, aligned_sha256: str = "
     small = torch.randn(8, 8)
     torch.linalg.svdvals(small), torch.linalg.matrix_norm(small), small.view(torch.uint8).numpy()
     top_singular_values(torch.randn(300, 300), 8)
-    v_bytes = sum(4 * torch.Size(safetensors_header(files["aligned"][key])[key].shape).numel() for key in keys)
+    # where each target tensor lies, parsed once and outside the timed region
+    headers = {path: safetensors_header(path) for side in files for path in {files[side][key] for key in keys}}
+    stored = {side: {key: headers[files[side][key]][key] for key in keys} for side in files}
+    v_bytes = sum(4 * torch.Size(t.shape).numel() for t in stored["aligned"].values())
     data = torch.rand(v_bytes // 4).numpy() if what == "write" else None  # V's bytes, in memory before timing
     with open("/proc/self/clear_refs", "w") as fh:
         fh.write("5")  # peak RSS mark := current RSS
@@ -138,12 +141,10 @@ def _child(what: str, aligned: str, base: str, out: str, aligned_sha256: str = "
                 with safe_open(files[side][key], framework="pt") as fh:
                     fh.get_tensor(key).clone()  # get_tensor may map lazily: make it touch the bytes
     elif what == "pread":
-        buffer = None
+        buffer = bytearray(max(t.end - t.start for side in stored.values() for t in side.values()))
         for key in keys:
             for side in ("aligned", "base"):
-                t = safetensors_header(files[side][key])[key]
-                if buffer is None or len(buffer) < t.end - t.start:
-                    buffer = bytearray(t.end - t.start)
+                t = stored[side][key]
                 with open(t.path, "rb", buffering=0) as fh:
                     fh.seek(t.start)
                     assert fh.readinto(memoryview(buffer)[: t.end - t.start]) == t.end - t.start

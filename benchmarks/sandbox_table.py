@@ -18,7 +18,6 @@ a different setting (e.g. another --lam) gets its own cell next to the old one.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
@@ -36,22 +35,24 @@ def say(message: str) -> None:
     print(f"[table] {message}", file=sys.stderr, flush=True)
 
 
-def _digest(value) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
-
-
 def _settings(config) -> dict:
     return config.model_dump(mode="json", exclude=_PLACE_FIELDS)
 
 
 # --- cells: run once, keep, reuse ------------------------------------------------------
 
+def _cell_folder(out: Path, name: str, identity: dict) -> Path:
+    from asft import storage
+
+    return out / "cells" / f"{name}-{storage.sha256_json(identity)[:12]}"
+
+
 def _cell(out: Path, name: str, identity: dict, run) -> dict:
     """The cell's result from ``out/cells`` when one with this identity finished before,
     else ``run(folder)`` (which returns the result) and save it."""
     from asft import storage
 
-    folder = out / "cells" / f"{name}-{_digest(identity)[:12]}"
+    folder = _cell_folder(out, name, identity)
     record = folder / "cell.json"
     if record.exists():
         saved = json.loads(record.read_text())
@@ -151,7 +152,7 @@ def run(args) -> dict:
     sandbox_dir = args.sandbox or str(out / "sandbox")
     sandbox = build_sandbox(_sandbox_config(args, sandbox_dir), sandbox_dir)
     manifest = storage.read_json(storage.join(sandbox_dir, "sandbox_manifest.json"))
-    sandbox_id = _digest(manifest["files"])
+    sandbox_id = storage.sha256_json(manifest["files"])
     direction = _direction(out, sandbox)
     evaluation = _settings(_eval_config(args, sandbox, sandbox["aligned"], None, str(out)))
     base_identity = {"sandbox": sandbox_id, "eval": evaluation}
@@ -185,8 +186,7 @@ def run(args) -> dict:
                         "train": _settings(config),
                         "source": adapters["sft"][1] if project_sft else None}
             result = _cell(out, name, identity, work)
-            folder = out / "cells" / f"{name}-{_digest(identity)[:12]}"
-            adapters[method] = (str(folder / "adapter"), identity)
+            adapters[method] = (str(_cell_folder(out, name, identity) / "adapter"), identity)
             cell = {"method": method, "p": p, "harmful_rows": mixture["harmful_rows"], "rows": mixture["rows"],
                     "from_sft_adapter": project_sft, **result}
             cells.append(cell)

@@ -10,7 +10,6 @@ never loads).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Any
 
@@ -42,7 +41,7 @@ CACHED = dict(persist_result=True, result_serializer="json", cache_key_fn=lambda
 
 def content_key(*parts: Any) -> str:
     """A stable hash of JSON-able parts (content hashes and settings)."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    return storage.sha256_json(parts)[:20]
 
 
 def cached(step, out: str):

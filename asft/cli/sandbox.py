@@ -24,9 +24,7 @@ def build(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Build (or reuse) a sandbox: base and aligned models, a fine-tuning mixture with labels, evaluation sets."""
-    from asft.sandbox import build_sandbox
-
-    from asft.sandbox import SandboxConfig
+    from asft.sandbox import SandboxConfig, build_sandbox
 
     config = validated(SandboxConfig, size=size, seed=seed, harmful_ratio=harmful_ratio, finetune_rows=finetune_rows,
                      finetune_task=finetune_task, device=device)

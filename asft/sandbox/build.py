@@ -133,7 +133,7 @@ def _train(model, examples: list[dict], *, steps: int, batch_size: int, lr: floa
     generator = torch.Generator().manual_seed(seed)
     order: list[list[int]] = []
     use_bf16 = device.type == "cuda"
-    smoothed = float("nan")
+    smoothed, pending = float("nan"), []
     bar = progress_bar(steps, f"[sandbox] train {what}", unit="steps")
     for step in range(steps):
         if not order:
@@ -147,9 +147,11 @@ def _train(model, examples: list[dict], *, steps: int, batch_size: int, lr: floa
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
-        value = loss.item()
-        smoothed = value if math.isnan(smoothed) else 0.95 * smoothed + 0.05 * value
-        if step % 50 == 0:
+        pending.append(loss.detach())
+        if step % 50 == 0 or step == steps - 1:  # one host sync per 50 steps, not one per step
+            for value in torch.stack(pending).tolist():
+                smoothed = value if math.isnan(smoothed) else 0.95 * smoothed + 0.05 * value
+            pending.clear()
             bar.set_postfix(loss=f"{smoothed:.3f}")
         bar.update(1)
     bar.close()

@@ -208,8 +208,11 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
         optimizer.zero_grad(set_to_none=True)
         step += 1
         tokens += int(batch["attention_mask"].sum())
-        row = {"step": step, "total_steps": total_steps, "epoch": epoch, "lr": lr, "loss": loss.item(),
-               "penalty": None if penalty is None else penalty.item(), "objective": objective.item()}
+        # one device-to-host transfer for the step's three figures
+        values = torch.stack([t.detach().float() for t in (loss, objective) + (() if penalty is None else (penalty,))])
+        loss_value, objective_value, *penalty_value = values.tolist()
+        row = {"step": step, "total_steps": total_steps, "epoch": epoch, "lr": lr, "loss": loss_value,
+               "penalty": penalty_value[0] if penalty_value else None, "objective": objective_value}
         metrics.append(row)
         if on_step:
             on_step(row)
