@@ -3,17 +3,23 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-# CPU build by default (offline-safe here); GPU workers: see README "GPU install".
-TORCH  ?= torch==2.13.0
+# CPU build by default (offline-safe here). GPU workers set TORCH_INDEX to PyTorch's
+# CUDA wheel index (README "GPU install"); the same version is pinned either way.
+TORCH_VERSION ?= 2.13.0
+TORCH_INDEX   ?=
 DEMO_DIR ?= runs/demo
+# The torch pin is a constraint on every later resolver call, so no dependency can
+# swap the CPU wheel for a newer (CUDA) build.
+CONSTRAINTS := $(VENV)/torch-constraint.txt
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test test-fast bench clean
 
 $(BIN)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
+	echo "torch==$(TORCH_VERSION)" > $(CONSTRAINTS)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e ".[dev]"
 	touch $@
 
 install: $(BIN)/.installed
@@ -23,6 +29,9 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+
+test-fast: install
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow"
 
 bench: install
 	$(BIN)/python -m benchmarks --quick

@@ -436,6 +436,7 @@ def extract_direction(config: DirectionConfig, progress: Callable[[str], None] |
     computed here, on threads beside the streaming, unless the config gives it) and
     ``tensors_sha256``: the sha256 of the target tensors' bytes as stored, in module order.
     """
+    storage.check_output(config.out, "direction", inputs=(config.aligned, config.base))
     started, rss_start, phase = time.perf_counter(), _rss_mb(), _Phases()
     with phase("plan"):
         aligned = resolve_checkpoint(config.aligned, "aligned model")
@@ -453,7 +454,7 @@ def extract_direction(config: DirectionConfig, progress: Callable[[str], None] |
     v_buffer = torch.empty(max(torch.Size(s).numel() for s in shapes.values()), dtype=torch.float32)
     norms, singular, svd_method, rss_max = {}, {}, {}, rss_start
     try:
-        with storage.staged_dir(config.out) as tmp:
+        with storage.staged_dir(config.out, "direction") as tmp:
             a_reader, b_reader = _TensorReader(), _TensorReader()
             writer = _StreamingSafetensors(tmp / DIRECTION_FILE, shapes, getattr(torch, config.dtype), {"format": FORMAT})
             try:

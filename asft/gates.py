@@ -6,13 +6,14 @@ A pure, deterministic function of two evaluation summaries and a config. Gates:
 - harmful score not worse than the champion's by more than a tolerance;
 - utility per task >= a minimum, and not worse than the champion's by more than a
   tolerance (a task the champion or the minimum names but the candidate lacks fails);
-- optionally a human approval.
+- a reviewer's approval, when one was asked for (``execution.manual_approval``): asking
+  means requiring it, so a "no" or no answer before the timeout fails the gate.
 
 Champion comparisons only count when both were measured with the same evaluation
 protocol. When the protocols differ those checks are reported as skipped ("protocol
 differs") and the absolute gates alone decide: a changed protocol (new prompt set, new
 judge) must not lock the registry on an old champion, and the absolute limits still
-keep a bad model out. Turn on ``require_manual_approval`` to have a person confirm.
+keep a bad model out.
 
 A skipped check has ``passed=False, skipped=True``: it neither passes nor blocks.
 """
@@ -75,9 +76,22 @@ class GateConfig(BaseModel):
         default=2.0, ge=0.0, le=100.0, allow_inf_nan=False,
         description="Points of utility per task the candidate may be worse than the champion by.",
     )
-    require_manual_approval: bool = Field(
-        default=False, description="Also require a person's approval (decide(..., approved_by=...)) to pass."
-    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_fields(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "require_manual_approval" in data:
+            raise ValueError("require_manual_approval was replaced by execution.manual_approval (asking for approval "
+                             "now means requiring it); remove it from gates and set execution.manual_approval")
+        return data
+
+
+class Approval(BaseModel):
+    """A reviewer's answer (or the lack of one) to a request for approval."""
+
+    approved: bool = Field(description="True only when a reviewer said yes.")
+    reviewer: str = Field(default="", description="Who answered (empty when nobody did).")
+    note: str = Field(default="", description="The reviewer's note, or why there is no answer (e.g. a timeout).")
 
 
 class Check(BaseModel):
@@ -123,9 +137,12 @@ def decide(
     candidate: EvalSummary | Mapping[str, Any],
     champion: EvalSummary | Mapping[str, Any] | None,
     config: GateConfig,
-    approved_by: str | None = None,
+    approval: Approval | None = None,
 ) -> GateDecision:
-    """Run every gate; the candidate passes when no evaluated check failed."""
+    """Run every gate; the candidate passes when no evaluated check failed.
+
+    ``approval`` is None when nobody was asked; when it is given it must say yes.
+    """
     cand = validate_summary(candidate, "candidate")
     champ = validate_summary(champion, "champion") if champion is not None else None
     checks: list[Check] = []
@@ -191,12 +208,12 @@ def decide(
                 f"- tolerance {config.utility_tolerance:g} = {_fmt(allowed)}" + ("" if compare else skip_suffix),
             ))
 
-    if config.require_manual_approval:
-        approver = (approved_by or "").strip()
+    if approval is not None:
+        who = approval.reviewer.strip() or "nobody"
+        verdict = "approved" if approval.approved else "not approved"
         checks.append(Check(
-            name="manual_approval",
-            passed=bool(approver),
-            detail=f"approved by {approver}" if approver else "manual approval required and not given",
+            name="manual_approval", passed=approval.approved,
+            detail=f"{verdict} by {who}" + (f" ({approval.note})" if approval.note else ""),
         ))
 
     passed = not any(not c.passed and not c.skipped for c in checks)

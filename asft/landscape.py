@@ -41,7 +41,7 @@ from asft.errors import AsftError
 from asft.evaluation.evaluate import user_text
 from asft.evaluation.judges import JudgeConfig
 from asft.plots import save_png
-from asft.storage import join, staged_dir
+from asft.storage import check_output, join, staged_dir
 from asft.templates import TemplateName, render_prompt
 from asft.update_inspection import ModuleUpdate
 
@@ -377,6 +377,7 @@ def landscape(model: str, harmful: str, out: str, *, direction: str | None = Non
     from asft.evaluation.generation import load_model
 
     config = config or LandscapeConfig()
+    check_output(out, "landscape", inputs=(model, harmful, direction, base, finetuned, *(utility or {}).values()))
     say = progress or (lambda message: None)
     started = time.perf_counter()
     if config.modules == "direction":  # a bad direction fails before the model is loaded
@@ -439,7 +440,7 @@ def landscape(model: str, harmful: str, out: str, *, direction: str | None = Non
     files = {"grid": "grid.csv", "summary": "summary.json", "plot_1d": "landscape_1d.png"}
     if config.mode == "2d":
         files["plot_2d"] = "landscape_2d.png"
-    with staged_dir(out) as tmp:
+    with staged_dir(out, "landscape") as tmp:
         with open(tmp / "grid.csv", "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
             writer.writeheader()

@@ -56,16 +56,13 @@ class Inputs(BaseModel):
     harmful_eval: str | None = Field(None, description="Harmful prompts for the harmful score. Empty: the sandbox's held-out prompts.")
     utility_eval: dict[str, str] = Field(default_factory=dict, description="Utility sets, task -> file (sst2, agnews, gsm8k, exact). Empty: the sandbox's.")
 
-    def complete(self) -> bool:
-        return all([self.aligned, self.base, self.data, self.harmful_eval, self.utility_eval])
-
 
 class RegistrySettings(BaseModel):
     """Where runs are tracked and models registered."""
 
     model_config = ConfigDict(extra="forbid")
 
-    tracking_uri: str | None = Field(None, description="MLflow tracking URI. Empty: a SQLite store under the artifact root.")
+    tracking_uri: str | None = Field(None, description="MLflow tracking URI. Empty: MLFLOW_TRACKING_URI, else a SQLite store under the artifact root.")
     experiment: str = Field("asft", description="MLflow experiment name.")
     model_name: str = Field("asft-adapter", description="Registered model name.")
 
@@ -79,8 +76,8 @@ class ExecutionSettings(BaseModel):
         None, description="Run training as this Prefect deployment (e.g. 'train-on-gpu/asft-train-gpu') on a GPU pool. Empty: in-process.")
     evaluate_deployment: str | None = Field(
         None, description="Run evaluation as this deployment (e.g. 'evaluate-on-gpu/asft-evaluate-gpu'). Empty: in-process.")
-    manual_approval: bool = Field(False, description="Pause before promotion until a person approves in the Prefect UI.")
-    approval_timeout_s: int = Field(3600, ge=60, description="How long to wait for the approval before failing the gate.")
+    manual_approval: bool = Field(False, description="Ask a reviewer in the Prefect UI before promotion; a \"no\" or no answer fails the gate.")
+    approval_timeout_s: int = Field(3600, ge=1, description="How long to wait for a reviewer; no answer by then fails the gate.")
 
 
 class PipelineConfig(BaseModel):
@@ -104,11 +101,14 @@ class PipelineConfig(BaseModel):
     inspect_update: bool = Field(True, description="Decompose the update along/orthogonal to V for the report.")
 
     def tracking_uri(self) -> str:
-        """The configured MLflow store; else SQLite beside local artefacts, else the embedded default."""
+        """The configured MLflow store; else ``MLFLOW_TRACKING_URI``; else SQLite beside local
+        artefacts, else the embedded default. The artefact folder never overrides the variable."""
+        import os
+
         from asft import registry, storage
 
-        if self.registry.tracking_uri:
-            return self.registry.tracking_uri
+        if self.registry.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"):
+            return registry.resolve_tracking_uri(self.registry.tracking_uri)
         if storage.is_local(self.artifact_root):
             return registry.embedded_tracking_uri(storage.local_path(storage.join(self.artifact_root, "mlflow")))
         return registry.resolve_tracking_uri()

@@ -9,32 +9,43 @@ The only asft module that imports mlflow (lazily, so ``asft --help`` stays fast)
   artefact (``runs:/<run_id>/<path>``, no MLflow model flavour needed). Its tags hold the
   pipeline run id, the gate outcome and reasons, the evaluation summary (JSON) and the
   caller's lineage tags (data hash, direction hash, method).
-- Registration is idempotent and finishes with the tag ``asft.registration=complete``: a
-  retry finds the version by pipeline run id (or by run id) and completes its tags, and
-  :func:`promote` refuses a version that is not complete. Only a passing version ever
-  gets the ``champion`` alias; the one it replaces gets ``previous-champion``.
+- Registration finishes with the tag ``asft.registration=complete``: a retry finds the
+  version by pipeline run id (or by run id) and completes its tags. A complete version is
+  immutable: registering it again with the same outcome returns it untouched, with another
+  outcome is an error (a new result needs a new pipeline run id).
+- Promotion is gate-then-promote under :func:`promotion_lock`, a registry-side mutex (a
+  registered model ``<name>.promotion-lock`` exists while it is held), so two pipelines or
+  two CLI runs never both promote without comparing: the gates are taken against the
+  champion of that moment, and :func:`promote` moves the alias only if the champion is
+  still the one compared with (compare-and-set). Only a complete, passing version whose
+  MLflow run finished gets ``champion``; ``previous-champion`` names the version that held
+  ``champion`` before each move (:func:`rollback` included).
 """
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import json
 import math
 import os
 import re
 import time
+import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from asft import storage
 from asft.errors import AsftError
-from asft.gates import EvalSummary, GateDecision, validate_summary
+from asft.gates import Approval, EvalSummary, GateConfig, GateDecision, decide, validate_summary
 
 PIPELINE_RUN_TAG = "asft.pipeline_run_id"
 GATE_PASSED_TAG = "asft.gate.passed"
 GATE_REASONS_TAG = "asft.gate.reasons"
 EVAL_SUMMARY_TAG = "asft.eval_summary"
 REGISTRATION_TAG = "asft.registration"
+COMPARED_WITH_TAG = "asft.gate.compared_with"  # champion version the gates compared with, or "none"
 CHAMPION = "champion"
 PREVIOUS_CHAMPION = "previous-champion"
 
@@ -60,7 +71,17 @@ def _client(tracking_uri: str):
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # before mlflow is first imported
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    c = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    if tracking_uri.startswith("sqlite:///"):
+        # Two processes creating the same new store at once race in its schema migration:
+        # the first one to hold the lock creates it, the others find it made.
+        lock = Path(tracking_uri[len("sqlite:///"):] + ".lock")
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock, "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            c.search_experiments(max_results=1)
+            c.search_registered_models(max_results=1)
+    return c
 
 
 def client(tracking_uri: str | None = None):
@@ -222,13 +243,15 @@ def register_candidate(
     *,
     summary: EvalSummary,
     decision: GateDecision,
+    compared_with: int | None = None,
     tracking_uri: str | None = None,
 ) -> int:
     """Register the run's adapter artefact as a version of ``model_name``; returns the version.
 
     ``tags`` carries lineage (e.g. ``data_hash``, ``direction_hash``, ``method``); the
-    pipeline run id, gate outcome and reasons and the evaluation summary are added here.
-    Re-running for the same pipeline run returns the same version and completes its tags.
+    pipeline run id, gate outcome and reasons, the champion compared with and the evaluation
+    summary are added here. Re-running for the same pipeline run completes a half-written
+    version; a complete one is immutable (same outcome: returned untouched; other: error).
     """
     _check_name(model_name, "model name")
     c = client(tracking_uri)
@@ -259,8 +282,16 @@ def register_candidate(
         PIPELINE_RUN_TAG: pipeline_run_id,
         GATE_PASSED_TAG: "true" if decision.passed else "false",
         GATE_REASONS_TAG: json.dumps(decision.reasons),
+        COMPARED_WITH_TAG: "none" if compared_with is None else str(compared_with),
         EVAL_SUMMARY_TAG: summary.model_dump_json(),
     }
+    if version.tags.get(REGISTRATION_TAG) == "complete":
+        differs = sorted(k for k, v in all_tags.items() if version.tags.get(k) != v)
+        if differs:
+            raise AsftError(
+                f"{model_name} v{number} (pipeline run {pipeline_run_id}) is registered and immutable; this result "
+                f"differs in {', '.join(differs)}; start a new pipeline run id to register a new result")
+        return int(number)
     for key, value in all_tags.items():
         c.set_model_version_tag(model_name, number, key, value)
     verdict = "passed" if decision.passed else "failed"
@@ -292,35 +323,171 @@ def champion(model_name: str, *, tracking_uri: str | None = None) -> tuple[int, 
     return number, validate_summary(json.loads(stored), f"{model_name} v{number} stored")
 
 
-def promote(model_name: str, version: int, decision: GateDecision, *, tracking_uri: str | None = None) -> bool:
+def _promotable(c, model_name: str, version: int, action: str) -> None:
+    """A version may hold ``champion`` only when complete, passed and from a finished run."""
+    mv = c.get_model_version(model_name, str(version))
+    tags = mv.tags
+    if tags.get(REGISTRATION_TAG) != "complete":
+        raise AsftError(f"refusing to {action} {model_name} v{version}: registration is incomplete; re-run register_candidate")
+    if tags.get(GATE_PASSED_TAG) != "true":
+        raise AsftError(f"refusing to {action} {model_name} v{version}: its registered gate outcome is not passed")
+    status = c.get_run(mv.run_id).info.status if mv.run_id else "unknown"
+    if status != "FINISHED":
+        raise AsftError(f"refusing to {action} {model_name} v{version}: its MLflow run {mv.run_id} is {status}, "
+                        "not FINISHED; re-run the pipeline run to finish it")
+
+
+def _move_champion(c, model_name: str, version: int, current: int | None) -> None:
+    if current is not None:  # first, so a crash in between leaves the old champion in place
+        c.set_registered_model_alias(model_name, PREVIOUS_CHAMPION, str(current))
+    c.set_registered_model_alias(model_name, CHAMPION, str(version))
+    if _alias_version(c, model_name, CHAMPION) != int(version):  # someone moved it without the lock
+        raise AsftError(f"{model_name}: the champion alias changed while v{version} was being promoted; "
+                        "check who else writes this registry")
+
+
+_ANY = object()
+
+
+def promote(model_name: str, version: int, decision: GateDecision, *, expected_champion: Any = _ANY,
+            tracking_uri: str | None = None) -> bool:
     """Give ``version`` the ``champion`` alias if its gates passed; returns whether the champion moved.
 
-    A failing decision, a version whose stored gate outcome failed, or a version whose
-    registration is not complete raises AsftError and moves no alias.
+    A failing decision, a version whose stored gate outcome failed, whose registration is not
+    complete or whose MLflow run did not finish raises AsftError and moves no alias; so does a
+    champion other than ``expected_champion`` (the version the gates compared with, None for
+    none): the compare-and-set that keeps a stale decision from promoting. Call it under
+    :func:`promotion_lock`.
     """
     if not decision.passed:
         raise AsftError(f"refusing to promote {model_name} v{version}: gates failed ({'; '.join(decision.reasons)})")
     c = client(tracking_uri)
-    stored = c.get_model_version(_check_name(model_name, "model name"), str(version)).tags
-    if stored.get(REGISTRATION_TAG) != "complete":
-        raise AsftError(f"refusing to promote {model_name} v{version}: registration is incomplete; re-run register_candidate")
-    if stored.get(GATE_PASSED_TAG) != "true":
-        raise AsftError(f"refusing to promote {model_name} v{version}: its registered gate outcome is not passed")
+    _promotable(c, _check_name(model_name, "model name"), version, "promote")
     current = _alias_version(c, model_name, CHAMPION)
     if current == int(version):
         return False
-    if current is not None:  # first, so a crash in between leaves the old champion in place
-        c.set_registered_model_alias(model_name, PREVIOUS_CHAMPION, str(current))
-    c.set_registered_model_alias(model_name, CHAMPION, str(version))
+    if expected_champion is not _ANY and current != expected_champion:
+        raise AsftError(f"refusing to promote {model_name} v{version}: its gates compared it with "
+                        f"{_describe(expected_champion)}, but the champion is now {_describe(current)}; "
+                        "start a new pipeline run to compare with the current champion")
+    _move_champion(c, model_name, int(version), current)
     return True
 
 
-def rollback(model_name: str, *, tracking_uri: str | None = None) -> int:
-    """Move ``champion`` back to ``previous-champion`` (which is then cleared); returns that version."""
+def _describe(version: int | None) -> str:
+    return "no champion" if version is None else f"v{version}"
+
+
+def rollback(model_name: str, to_version: int | None = None, *, tracking_uri: str | None = None) -> int:
+    """Move ``champion`` to ``to_version`` (default: ``previous-champion``); returns that version.
+
+    The target must be complete, have passed its gates and come from a finished run; the
+    version that was champion becomes ``previous-champion``.
+    """
     c = client(tracking_uri)
-    previous = _alias_version(c, _check_name(model_name, "model name"), PREVIOUS_CHAMPION)
-    if previous is None:
-        raise AsftError(f"{model_name} has no {PREVIOUS_CHAMPION} alias; nothing to roll back to")
-    c.set_registered_model_alias(model_name, CHAMPION, str(previous))
-    c.delete_registered_model_alias(model_name, PREVIOUS_CHAMPION)
-    return previous
+    with promotion_lock(_check_name(model_name, "model name"), tracking_uri=tracking_uri):
+        target = to_version if to_version is not None else _alias_version(c, model_name, PREVIOUS_CHAMPION)
+        if target is None:
+            raise AsftError(f"{model_name} has no {PREVIOUS_CHAMPION} alias; nothing to roll back to")
+        _promotable(c, model_name, target, "roll back to")
+        current = _alias_version(c, model_name, CHAMPION)
+        if current != int(target):
+            _move_champion(c, model_name, int(target), current)
+    return int(target)
+
+
+@contextmanager
+def promotion_lock(model_name: str, *, tracking_uri: str | None = None, wait_s: float = 900.0,
+                   lease_s: float = 600.0) -> Iterator[None]:
+    """Hold the registry-side promotion mutex of ``model_name``.
+
+    Creating a registered model is atomic in every MLflow store (a unique name), so the lock
+    is the model ``<name>.promotion-lock``: created to take it, deleted to release it. A
+    holder that died leaves it behind; after ``lease_s`` others may break it.
+    """
+    c = client(tracking_uri)
+    name = _check_name(f"{model_name}.promotion-lock", "lock name")
+    holder = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            c.create_registered_model(name, tags={"holder": holder, "expires": str(time.time() + lease_s)},
+                                      description="Held while asft promotes a version of " + model_name)
+            break
+        except Exception as exc:
+            if _error_code(exc) != "RESOURCE_ALREADY_EXISTS":
+                raise
+        if _break_expired_lock(c, name):
+            continue
+        if time.monotonic() > deadline:
+            raise AsftError(f"{model_name}: the promotion lock {name} stayed taken for {wait_s:.0f} s; "
+                            "wait for the other promotion, or delete that registered model if its holder died")
+        time.sleep(0.2 + 0.3 * (uuid.uuid4().int % 100) / 100)
+    try:
+        yield
+    finally:
+        c.delete_registered_model(name)
+
+
+def _break_expired_lock(c, name: str) -> bool:
+    try:
+        tags = c.get_registered_model(name).tags
+    except Exception as exc:
+        if _error_code(exc) == "RESOURCE_DOES_NOT_EXIST":
+            return True  # released meanwhile: try again at once
+        raise
+    if float(tags.get("expires", "inf")) < time.time():
+        try:
+            c.delete_registered_model(name)
+        except Exception as exc:
+            if _error_code(exc) != "RESOURCE_DOES_NOT_EXIST":
+                raise
+        return True
+    return False
+
+
+def recorded_outcome(model_name: str, pipeline_run_id: str, *, tracking_uri: str | None = None) -> dict | None:
+    """The complete version a pipeline run registered (version, passed, reasons, compared_with,
+    summary), or None when it has none yet."""
+    c = client(tracking_uri)
+    found = c.search_model_versions(f"name = '{_check_name(model_name, 'model name')}' "
+                                    f"and tag.`{PIPELINE_RUN_TAG}` = '{_check_name(pipeline_run_id, 'pipeline run id')}'")
+    complete = [v for v in found if v.tags.get(REGISTRATION_TAG) == "complete"]
+    if not complete:
+        return None
+    v = min(complete, key=lambda v: int(v.version))
+    compared = v.tags.get(COMPARED_WITH_TAG, "none")
+    return {"version": int(v.version), "run_id": v.run_id, "passed": v.tags.get(GATE_PASSED_TAG) == "true",
+            "reasons": json.loads(v.tags.get(GATE_REASONS_TAG, "[]")),
+            "compared_with": None if compared == "none" else int(compared),
+            "summary": validate_summary(json.loads(v.tags[EVAL_SUMMARY_TAG]), f"{model_name} v{v.version} stored")}
+
+
+def register_and_promote(run_id: str, model_name: str, adapter_artifact_path: str, tags: Mapping[str, str], *,
+                         candidate: EvalSummary, gates: GateConfig, approval: Approval | None = None,
+                         tracking_uri: str | None = None) -> tuple[int, GateDecision, bool]:
+    """Gate-then-promote as one step under the promotion lock: compare with the champion of
+    this moment, register the (immutable) version, finish the run, promote if it passed.
+    Returns (version, decision, whether the champion moved)."""
+    with promotion_lock(model_name, tracking_uri=tracking_uri):
+        current = champion(model_name, tracking_uri=tracking_uri)
+        decision = decide(candidate, current[1] if current else None, gates, approval=approval)
+        compared = current[0] if current else None
+        version = register_candidate(run_id, model_name, adapter_artifact_path, tags, summary=candidate,
+                                     decision=decision, compared_with=compared, tracking_uri=tracking_uri)
+        finish_run(run_id, tracking_uri=tracking_uri)
+        moved = promote(model_name, version, decision, expected_champion=compared,
+                        tracking_uri=tracking_uri) if decision.passed else False
+    return version, decision, moved
+
+
+def complete_promotion(model_name: str, recorded: dict, *, tracking_uri: str | None = None) -> bool:
+    """A retry of a pipeline run that already registered: promote its version if it passed and
+    was not promoted yet (a crash in between), never against another champion than the one
+    its gates compared with. Returns whether the champion moved."""
+    if not recorded["passed"]:
+        return False
+    decision = GateDecision(passed=True, reasons=recorded["reasons"], checks=[])
+    with promotion_lock(model_name, tracking_uri=tracking_uri):
+        return promote(model_name, recorded["version"], decision, expected_champion=recorded["compared_with"],
+                       tracking_uri=tracking_uri)

@@ -8,14 +8,18 @@ S3 endpoints (MinIO, moto on loopback) come from ``AWS_ENDPOINT_URL`` or
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import glob
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import fsspec
 
@@ -131,40 +135,212 @@ def write_jsonl(uri: str | os.PathLike, rows: list[dict]) -> None:
     write_text(uri, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
-@contextmanager
-def staged_dir(uri: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp folder to fill; on success it replaces ``uri`` (local) or is uploaded.
+OUTPUT_MARKER = ".asft-output.json"
 
-    A crash leaves no half-written folder that looks complete.
+
+def _marker(kind: str, complete: bool = True) -> bytes:
+    # deterministic bytes: the marker is part of every content hash taken of the folder
+    return json.dumps({"asft_output": kind, "complete": complete}).encode() + b"\n"
+
+
+def output_kind(uri: str | os.PathLike) -> tuple[str, bool] | None:
+    """(kind, complete) of an asft output folder, None when ``uri`` holds no asft marker."""
+    marker = join(uri, OUTPUT_MARKER)
+    if not exists(marker):
+        return None
+    try:
+        record = json.loads(read_bytes(marker))
+        return str(record["asft_output"]), bool(record["complete"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def mark_output(uri: str | os.PathLike, kind: str) -> None:
+    """Mark a folder that asft fills in place (checkpoints) as its output of ``kind``."""
+    write_bytes(join(uri, OUTPUT_MARKER), _marker(kind))
+
+
+def is_complete(uri: str | os.PathLike, kind: str) -> bool:
+    """True when ``uri`` holds a finished asft output of this kind (the marker is written last)."""
+    return output_kind(uri) == (kind, True)
+
+
+def _refuse_overlap(uri: str, inputs: Iterable[str | os.PathLike | None]) -> None:
+    """An output that is, or contains, the working directory or an input would replace it."""
+    target = local_path(uri).expanduser().resolve()
+    protected = [("the working directory", Path.cwd().resolve())]
+    protected += [(f"the input {i}", local_path(i).expanduser().resolve()) for i in inputs if i and is_local(i)]
+    for what, path in protected:
+        if target == path or target in path.parents:
+            raise AsftError(f"--out {uri} is {what} or a folder above it; choose a new folder for the output")
+
+
+def _folder_state(uri: str) -> tuple[bool, bool]:
+    """(is a file, holds anything) for a location."""
+    fs, path = filesystem(uri)
+    if fs.isfile(path):
+        return True, True
+    try:
+        return False, bool(fs.ls(path, detail=False))
+    except FileNotFoundError:
+        return False, False
+
+
+def check_output(uri: str | os.PathLike, kind: str, inputs: Iterable[str | os.PathLike | None] = ()) -> None:
+    """Refuse, before any work is done, an output folder asft must not replace.
+
+    A folder may be written when it is new, empty, or an asft output of the same ``kind``
+    (its marker says so); never a file, another kind's output, a folder holding files asft
+    did not write, the working directory, an input or a folder above one. The location must
+    also be writable: an object store gets a probe write, so missing credentials fail now,
+    not after hours of training.
     """
     uri = str(uri)
     if is_local(uri):
-        final = local_path(uri)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
-        try:
-            yield tmp
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+        _refuse_overlap(uri, inputs)
+    try:
+        is_file, occupied = _folder_state(uri)
+        found = output_kind(uri) if occupied and not is_file else None
+    except AsftError:
+        raise
+    except Exception as exc:
+        raise AsftError(f"cannot reach {uri}: {type(exc).__name__}: {exc}; check the URI, endpoint and credentials") from None
+    if is_file:
+        raise AsftError(f"--out {uri} is a file; give a folder (new or empty) for the output")
+    if occupied and found is None:
+        raise AsftError(f"--out {uri} holds files asft did not write; choose an empty or new folder")
+    if found is not None and found[0] != kind:
+        raise AsftError(f"--out {uri} holds an asft {found[0]} output, not a {kind}; choose another folder")
+    check_writable(uri)
+
+
+def check_writable(uri: str | os.PathLike) -> None:
+    """One clear line now, rather than a failed upload after the work, when ``uri`` cannot be written."""
+    uri = str(uri)
+    if is_local(uri):
+        folder = local_path(uri).expanduser().absolute()
+        while not folder.exists():
+            folder = folder.parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+            raise AsftError(f"--out {uri}: cannot write in {folder}; choose a folder you can write to")
         return
-    with tempfile.TemporaryDirectory(prefix="asft-stage-") as tmp:
-        yield Path(tmp)
-        upload_dir(tmp, uri)
+    probe = join(uri, f".asft-write-probe-{uuid.uuid4().hex}")
+    fs, path = filesystem(probe)
+    try:
+        fs.pipe_file(path, b"")
+        fs.rm_file(path)
+    except Exception as exc:
+        raise AsftError(f"--out {uri}: cannot write there ({type(exc).__name__}: {exc}); "
+                        "check the bucket, endpoint and credentials (AWS_* variables)") from None
 
 
-def upload_dir(local: str | os.PathLike, uri: str) -> None:
-    """Copy a local folder to ``uri``. Files go first, ``manifest*.json`` last, so readers
-    that wait for the manifest never see a partial folder."""
+@contextmanager
+def _locked(path: Path, blocking: bool = True) -> Iterator[bool]:
+    """An flock on a folder (released when the holder exits or dies); yields whether it was got."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+def _clean_stale_stages(parent: Path, name: str) -> None:
+    """Remove staging folders of ``name`` whose writer died (a live writer holds its lock)."""
+    for stage in parent.glob(f".{glob.escape(name)}.*.tmp"):
+        if stage.is_dir() and not stage.is_symlink():
+            with _locked(stage, blocking=False) as got:
+                if got:
+                    shutil.rmtree(stage, ignore_errors=True)
+
+
+@contextmanager
+def staged_dir(uri: str | os.PathLike, kind: str) -> Iterator[Path]:
+    """Yield a temp folder to fill; on success it becomes the asft output ``kind`` at ``uri``.
+
+    Locally the new folder is swapped in atomically (old one renamed aside, new one renamed
+    in, old one deleted last), under a lock on the parent folder so concurrent writers of the
+    same place both succeed and one result is kept. Staging folders left by a killed writer
+    are removed on the next write to the same place. On object stores the marker is written
+    first as incomplete and last as complete, so a half-uploaded folder never looks finished.
+    What :func:`check_output` refuses is refused here too.
+    """
+    uri = str(uri)
+    check_output(uri, kind)
+    if not is_local(uri):
+        with tempfile.TemporaryDirectory(prefix="asft-stage-") as tmp:
+            yield Path(tmp)
+            _upload_output(Path(tmp), uri, kind)
+        return
+    final = local_path(uri).expanduser().absolute()
+    parent = final.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    with _locked(parent):
+        _clean_stale_stages(parent, final.name)
+        stage = Path(tempfile.mkdtemp(dir=parent, prefix=f".{final.name}.", suffix=".tmp"))
+    hold = os.open(stage, os.O_RDONLY)
+    fcntl.flock(hold, fcntl.LOCK_EX)  # marks the stage as alive for _clean_stale_stages
+    old = None
+    try:
+        with _disk_full_is_a_user_error(uri):
+            yield stage
+            (stage / OUTPUT_MARKER).write_bytes(_marker(kind))
+        with _locked(parent):
+            check_output(uri, kind)  # another writer may have filled the place meanwhile
+            if final.exists():
+                old = parent / f".{final.name}.{uuid.uuid4().hex[:8]}.old.tmp"
+                os.rename(final, old)
+            os.rename(stage, final)
+    finally:
+        os.close(hold)
+        if stage.exists():
+            shutil.rmtree(stage, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def _disk_full_is_a_user_error(uri: str) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise AsftError(f"--out {uri}: no space left on the device while writing it (nothing was replaced); "
+                        "free some space or choose another location") from None
+
+
+def _upload_output(local: Path, uri: str, kind: str) -> None:
+    """Marker (incomplete), files, manifests, then keys of an older output that the new one
+    lacks are deleted, then the marker (complete)."""
+    fs, base = filesystem(uri)
+    base = base.rstrip("/")
+    fs.pipe_file(f"{base}/{OUTPUT_MARKER}", _marker(kind, complete=False))
+    written = upload_dir(local, uri)
+    stale = [p for p in (fs.find(base) if fs.isdir(base) else [])
+             if p.rstrip("/") not in written and not p.endswith("/" + OUTPUT_MARKER)]
+    if stale:
+        fs.rm(stale)
+    fs.pipe_file(f"{base}/{OUTPUT_MARKER}", _marker(kind))
+
+
+def upload_dir(local: str | os.PathLike, uri: str) -> set[str]:
+    """Copy a local folder to ``uri``; returns the paths written. Files go first,
+    ``manifest*.json`` last, so readers that wait for the manifest never see a partial folder."""
     local = Path(local)
     files = sorted(p for p in local.rglob("*") if p.is_file())
     files.sort(key=lambda p: p.name.startswith("manifest") or p.name.endswith("_manifest.json"))
     fs, base = filesystem(uri)
+    written = set()
     for file in files:
-        fs.put_file(str(file), base.rstrip("/") + "/" + file.relative_to(local).as_posix())
+        target = base.rstrip("/") + "/" + file.relative_to(local).as_posix()
+        fs.put_file(str(file), target)
+        written.add(target)
+    return written
 
 
 def cache_root() -> Path:

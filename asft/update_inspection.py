@@ -33,7 +33,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from asft.errors import AsftError
-from asft.storage import join, materialize, read_json, staged_dir
+from asft.storage import check_output, join, materialize, read_json, staged_dir
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -230,6 +230,8 @@ def inspect_update(direction: str, *, adapter: str | None = None, checkpoint: st
     config = config or InspectConfig()
     if (adapter is None) == (checkpoint is None):
         raise AsftError("give exactly one of an adapter folder or a fine-tuned checkpoint to inspect")
+    if out is not None:
+        check_output(out, "inspection", inputs=(direction, adapter, checkpoint, aligned))
     loaded = load_direction(direction)
     vectors: dict[str, torch.Tensor] = loaded.vectors
     if adapter is not None:
@@ -260,7 +262,7 @@ def inspect_update(direction: str, *, adapter: str | None = None, checkpoint: st
         "rows": rows,
     }
     if out is not None:
-        with staged_dir(out) as tmp:
+        with staged_dir(out, "inspection") as tmp:
             (tmp / "inspection.md").write_text(_markdown(rows))
             (tmp / "inspection.csv").write_text(_csv(rows))
             save_png(bar_plot(rows, config.top_k), tmp / "inspection.png")

@@ -1,30 +1,38 @@
-"""The optional human approval before promotion (Prefect suspends the run and shows a form)."""
+"""The reviewer's approval before promotion (Prefect pauses the run and shows a form).
+
+Asking means requiring: a "no", or no answer before ``execution.approval_timeout_s``,
+fails the manual-approval gate.
+"""
 
 from __future__ import annotations
 
-from prefect.flow_runs import suspend_flow_run
+from prefect.exceptions import FlowPauseTimeout
+from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 
-from asft.gates import EvalSummary
+from asft.gates import Approval, EvalSummary, GateDecision
 from asft.pipeline_config import PipelineConfig
 
 
-class Approval(RunInput):
-    """Shown in the Prefect UI when the run waits for a reviewer."""
+class ReviewerAnswer(RunInput):
+    """Shown in the Prefect UI while the run waits for a reviewer."""
 
     approve: bool = False
     reviewer: str = ""
     note: str = ""
 
 
-def ask_for_approval(candidate: EvalSummary, config: PipelineConfig) -> str | None:
-    """The reviewer's name if they approve, else None (the approval gate then fails).
-
-    The run is suspended (its process exits; a worker resumes it after the answer), so this
-    needs the flow to run from a deployment.
-    """
-    answer = suspend_flow_run(wait_for_input=Approval.with_initial_data(
-        description=(f"Approve promotion of a {config.train.method} adapter with harmful score "
-                     f"{candidate.harmful_score:.1f} % and utility {candidate.utility}?")),
-        timeout=config.execution.approval_timeout_s)
-    return answer.reviewer or "reviewer" if answer.approve else None
+def ask_for_approval(candidate: EvalSummary, preliminary: GateDecision, config: PipelineConfig) -> Approval:
+    """The reviewer's answer; a candidate that already failed the automatic gates is not shown."""
+    if not preliminary.passed:
+        return Approval(approved=False, note="not asked: the automatic gates failed")
+    timeout = config.execution.approval_timeout_s
+    reasons = "\n".join(f"- {reason}" for reason in preliminary.reasons)
+    description = (f"Approve promotion of a {config.train.method} adapter with harmful score "
+                   f"{candidate.harmful_score:.1f} % and utility {candidate.utility}?\n\nGates:\n{reasons}")
+    try:
+        answer = pause_flow_run(wait_for_input=ReviewerAnswer.with_initial_data(description=description),
+                                timeout=timeout)
+    except FlowPauseTimeout:
+        return Approval(approved=False, note=f"no answer within {timeout} s")
+    return Approval(approved=answer.approve, reviewer=answer.reviewer.strip() or "reviewer", note=answer.note)

@@ -20,10 +20,14 @@ from flows.reporting import eval_summary, log_run, publish
 @flow(name="asft-pipeline", log_prints=True)
 def asft_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
     """Direction -> screening -> training -> evaluation -> gated MLflow registration."""
-    log = get_run_logger()
     root = config.artifact_root
     run_key = config.run_key or str(flow_run.get_id())
     tracking_uri = config.tracking_uri()
+    model_name = config.registry.model_name
+    recorded = registry.recorded_outcome(model_name, run_key, tracking_uri=tracking_uri)
+    if recorded is not None:  # a complete version is immutable: a retry only finishes its promotion
+        return steps.finish_recorded(model_name, recorded, tracking_uri, storage.join(root, "runs", run_key))
+    storage.check_writable(root)
     inputs = steps.resolve_inputs(config.inputs.model_dump(), config.sandbox.model_dump(), storage.join(root, "sandbox"))
     mlflow_run = registry.start_or_resume_run(tracking_uri, config.registry.experiment, run_key,
                                               config.model_dump(mode="json"))
@@ -36,7 +40,7 @@ def asft_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
             key, inputs["aligned"], inputs["base"], config.direction.model_dump(), out,
             {"aligned": hashes["aligned"], "base": hashes["base"]})
 
-        key = steps.content_key("screening", hashes["data"], inputs["labels"], config.screening.model_dump(by_alias=True))
+        key = steps.content_key("screening", hashes["data"], hashes["labels"], config.screening.model_dump(by_alias=True))
         out = storage.join(root, "screening", key)
         screening = steps.cached(steps.screen_data, out)(key, inputs["data"], inputs["labels"],
                                                          config.screening.model_dump(by_alias=True), out)
@@ -44,7 +48,7 @@ def asft_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
         run_dir = storage.join(root, "runs", run_key)
         training = steps.train_adapter(
             {**config.train.model_dump(exclude_unset=True), "model": inputs["aligned"], "data": screening["accepted"],
-             "direction": direction["uri"], "out": storage.join(run_dir, "adapter")},
+             "direction": direction["uri"], "out": storage.join(run_dir, "adapter"), "resume": True},
             config.execution.train_deployment)
 
         evaluation = {**config.evaluation.model_dump(exclude_unset=True), "model": inputs["aligned"],
@@ -60,30 +64,27 @@ def asft_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
         log_run(mlflow_run, tracking_uri, direction=direction, screening=screening, training=training,
                 before=before, after=after, adapter=training["adapter"], evaluation_dir=storage.join(run_dir, "evaluation"),
                 inspection=inspection)
-
         candidate = eval_summary(after)
-        champion = registry.champion(config.registry.model_name, tracking_uri=tracking_uri)
-        approver = ask_for_approval(candidate, config) if config.execution.manual_approval else None
-        decision = decide(candidate, champion[1] if champion else None, config.gates, approved_by=approver)
-        version = registry.register_candidate(
-            mlflow_run, config.registry.model_name, "adapter",
-            {"method": training["method"], "data_sha256": hashes["data"], "direction_sha256": direction["direction_sha256"]},
-            summary=candidate, decision=decision, tracking_uri=tracking_uri)
-        moved = registry.promote(config.registry.model_name, version, decision, tracking_uri=tracking_uri) \
-            if decision.passed else False
+        approval = None
+        if config.execution.manual_approval:
+            champion = registry.champion(model_name, tracking_uri=tracking_uri)
+            approval = ask_for_approval(candidate, decide(candidate, champion and champion[1], config.gates), config)
     except BaseException:
         registry.finish_run(mlflow_run, "FAILED", tracking_uri=tracking_uri)
         raise
-    registry.finish_run(mlflow_run, tracking_uri=tracking_uri)
+    version, decision, moved = registry.register_and_promote(
+        mlflow_run, model_name, "adapter",
+        {"method": training["method"], "data_sha256": hashes["data"], "direction_sha256": direction["direction_sha256"]},
+        candidate=candidate, gates=config.gates, approval=approval, tracking_uri=tracking_uri)
 
     summary = {
         "mlflow_run_id": mlflow_run, "tracking_uri": tracking_uri,
-        "model_name": config.registry.model_name, "model_version": version,
+        "model_name": model_name, "model_version": version,
         "gate": {"passed": decision.passed, "reasons": decision.reasons}, "champion_moved": moved,
         "method": training["method"], "harmful_score": after["harmful_score"], "utility": after["utility"],
         "before": {"harmful_score": before["harmful_score"], "utility": before["utility"]},
         "screening": screening["counts"], "artifacts": run_dir,
     }
     publish(summary, before, after, screening, decision, inspection)
-    log.info("gates %s: %s", "PASSED" if decision.passed else "FAILED", "; ".join(decision.reasons))
+    get_run_logger().info("gates %s: %s", "PASSED" if decision.passed else "FAILED", "; ".join(decision.reasons))
     return summary

@@ -17,9 +17,8 @@ from prefect import task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.deployments import run_deployment
 
-from asft import storage
+from asft import registry, storage
 from asft.errors import AsftError
-
 
 
 def transient(task, task_run, state) -> bool:
@@ -34,8 +33,7 @@ def transient(task, task_run, state) -> bool:
 
 
 IO_RETRIES = dict(retries=3, retry_delay_seconds=[2, 10, 30], retry_jitter_factor=0.2, retry_condition_fn=transient)
-DONE_MARKER = {"extract direction": "manifest.json", "screen data": "screening_report.json",
-               "evaluate aligned model": "report.json"}
+OUTPUT_KIND = {"extract direction": "direction", "screen data": "screening", "evaluate aligned model": "evaluation"}
 CACHED = dict(persist_result=True, result_serializer="json", cache_key_fn=lambda ctx, params: params["key"])
 
 
@@ -47,7 +45,7 @@ def content_key(*parts: Any) -> str:
 def cached(step, out: str):
     """``step`` with Prefect's cache refreshed when its output is gone: a deleted artefact
     must be rebuilt, not served from a stale cache record."""
-    done = storage.exists(storage.join(out, DONE_MARKER[step.name]))
+    done = storage.is_complete(out, OUTPUT_KIND[step.name])
     return step.with_options(refresh_cache=not done)
 
 
@@ -64,6 +62,7 @@ def fingerprint(inputs: dict) -> dict:
         "aligned": checkpoint_sha256(storage.materialize(inputs["aligned"])),
         "base": checkpoint_sha256(storage.materialize(inputs["base"])),
         "data": file_hash(inputs["data"]),
+        "labels": file_hash(inputs["labels"]) if inputs.get("labels") else None,
         "eval": {"harmful": file_hash(inputs["harmful_eval"]),
                  **{task: file_hash(uri) for task, uri in sorted(inputs["utility_eval"].items())}},
     }
@@ -125,7 +124,11 @@ def run_remotely(deployment: str, config: dict, result_file: str) -> dict:
 def train_adapter(config: dict, deployment: str | None) -> dict:
     """Train in-process (with a progress artifact) or as a deployment on a GPU work pool."""
     from asft.training import TrainConfig, train
+    from asft.training.trainer import previous_result
 
+    done = previous_result(TrainConfig.model_validate(config))
+    if done is not None:  # a retry of this pipeline run: the adapter it trained is complete
+        return done
     if deployment:
         return {"adapter": config["out"], **run_remotely(deployment, config, "train_manifest.json")}
     progress_id = create_progress_artifact(0.0, key="training-progress", description="AsFT training progress")
@@ -161,3 +164,14 @@ def inspect_update(direction: str, adapter: str, out: str) -> dict:
     from asft.update_inspection import inspect_update as inspect
 
     return inspect(direction, adapter=adapter, out=out)
+
+
+def finish_recorded(model_name: str, recorded: dict, tracking_uri: str, run_dir: str) -> dict:
+    """The summary of a pipeline run that already registered its version, after finishing a
+    promotion a crash interrupted; nothing is trained, evaluated or re-tagged."""
+    moved = registry.complete_promotion(model_name, recorded, tracking_uri=tracking_uri)
+    result = recorded["summary"]
+    return {"mlflow_run_id": recorded["run_id"], "tracking_uri": tracking_uri, "model_name": model_name,
+            "model_version": recorded["version"], "gate": {"passed": recorded["passed"], "reasons": recorded["reasons"]},
+            "champion_moved": moved, "harmful_score": result.harmful_score, "utility": result.utility,
+            "artifacts": run_dir, "already_registered": True}

@@ -39,16 +39,12 @@ def summary(hs, gsm8k) -> EvalSummary:
 
 
 def run_pipeline(uri, model, pipeline_run_id, adapter, result: EvalSummary):
-    """What the flow does after evaluation: run, artefact, gates against champion, registration, promotion."""
+    """What the flow does after evaluation: run, artefact, then gate-then-promote under the lock."""
     run_id = registry.start_or_resume_run(uri, "asft-test", pipeline_run_id, {"method": "asft"})
     registry.log_artifacts(run_id, adapter, "adapter", tracking_uri=uri)
-    current = registry.champion(model, tracking_uri=uri)
-    decision = decide(result, current[1] if current else None, CONFIG)
-    version = registry.register_candidate(
+    version, decision, moved = registry.register_and_promote(
         run_id, model, "adapter", {"data_hash": "d" * 8, "direction_hash": "v" * 8, "method": "asft"},
-        summary=result, decision=decision, tracking_uri=uri,
-    )
-    moved = registry.promote(model, version, decision, tracking_uri=uri) if decision.passed else False
+        candidate=result, gates=CONFIG, tracking_uri=uri)
     return run_id, version, decision, moved
 
 
@@ -146,10 +142,23 @@ def test_champion_lifecycle(store, adapter, tmp_path):
     assert (tmp_path / "champ" / "adapter_config.json").read_text() == (adapter / "adapter_config.json").read_text()
     assert torch.equal(load_file(f"{local}/adapter_model.safetensors")["lora_A"], torch.arange(6.0).reshape(2, 3))
 
+    assert tags[registry.COMPARED_WITH_TAG] == str(v2)
+
+    # Rollback: previous-champion always names the version that held champion before.
     assert registry.rollback(model, tracking_uri=uri) == v1
-    assert aliases(uri, model) == {"champion": v1}
+    assert aliases(uri, model) == {"champion": v1, "previous-champion": v2}
+    with pytest.raises(AsftError, match=f"refusing to roll back to {model} v{v3}: its registered gate outcome is not passed"):
+        registry.rollback(model, v3, tracking_uri=uri)
+    assert registry.rollback(model, tracking_uri=uri) == v2
+    assert aliases(uri, model) == {"champion": v2, "previous-champion": v1}
+    assert [m.name for m in registry.client(uri).search_registered_models(f"name = '{model}.promotion-lock'")] == []
+
+
+def test_rollback_with_no_previous_champion(store, adapter):
+    _, uri = store
+    run_pipeline(uri, "lonely", "lonely-1", adapter, summary(10.0, 30.0))
     with pytest.raises(AsftError, match="nothing to roll back"):
-        registry.rollback(model, tracking_uri=uri)
+        registry.rollback("lonely", tracking_uri=uri)
 
 
 def test_promote_refuses_failing_decision_whatever_the_stored_tags(store, adapter):
@@ -161,6 +170,7 @@ def test_promote_refuses_failing_decision_whatever_the_stored_tags(store, adapte
     run_id = registry.start_or_resume_run(uri, "asft-test", "bad-1", {})
     registry.log_artifacts(run_id, adapter, "adapter", tracking_uri=uri)
     v2 = registry.register_candidate(run_id, model, "adapter", {}, summary=bad, decision=failing, tracking_uri=uri)
+    registry.finish_run(run_id, tracking_uri=uri)
     with pytest.raises(AsftError, match=f"refusing to promote {model} v{v2}: gates failed"):
         registry.promote(model, v2, failing, tracking_uri=uri)
     # A passing decision object does not override the failed outcome stored on the version.
@@ -188,10 +198,57 @@ def test_registration_is_idempotent_and_completes_a_half_registration(store, ada
     assert aliases(uri, model) == {}
 
     first = registry.register_candidate(run_id, model, "adapter", {"method": "asft"}, summary=result, decision=decision, tracking_uri=uri)
+    tags_before = dict(c.get_model_version(model, str(first)).tags)
     again = registry.register_candidate(run_id, model, "adapter", {"method": "asft"}, summary=result, decision=decision, tracking_uri=uri)
     assert first == again == int(half.version)
     assert len(c.search_model_versions(f"name = '{model}'")) == 1
+    # A complete version is immutable: another outcome for the same pipeline run is refused.
+    worse = summary(30.0, 30.0)
+    with pytest.raises(AsftError, match=rf"v{first} \(pipeline run retry-1\) is registered and immutable; this result differs in "
+                                        r"asft.eval_summary, asft.gate.passed, asft.gate.reasons"):
+        registry.register_candidate(run_id, model, "adapter", {"method": "asft"}, summary=worse,
+                                    decision=decide(worse, None, CONFIG), tracking_uri=uri)
+    assert c.get_model_version(model, str(first)).tags == tags_before
+    # Its run is still running: promotion waits for a finished run.
+    with pytest.raises(AsftError, match="is RUNNING, not FINISHED"):
+        registry.promote(model, first, decision, tracking_uri=uri)
+    registry.finish_run(run_id, tracking_uri=uri)
     assert registry.promote(model, first, decision, tracking_uri=uri) is True
+
+
+def test_promotion_is_compare_and_set_on_the_champion_compared_with(store, adapter):
+    _, uri = store
+    model = "cas"
+    _, v1, _, _ = run_pipeline(uri, model, "cas-1", adapter, summary(10.0, 30.0))
+    # A decision taken when there was no champion must not promote over v1.
+    run_id = registry.start_or_resume_run(uri, "asft-test", "cas-2", {})
+    registry.log_artifacts(run_id, adapter, "adapter", tracking_uri=uri)
+    stale = decide(summary(15.0, 30.0), None, CONFIG)
+    v2 = registry.register_candidate(run_id, model, "adapter", {}, summary=summary(15.0, 30.0), decision=stale,
+                                     compared_with=None, tracking_uri=uri)
+    registry.finish_run(run_id, tracking_uri=uri)
+    with pytest.raises(AsftError, match=f"compared it with no champion, but the champion is now v{v1}"):
+        registry.promote(model, v2, stale, expected_champion=None, tracking_uri=uri)
+    recorded = registry.recorded_outcome(model, "cas-2", tracking_uri=uri)
+    assert recorded["version"] == v2 and recorded["compared_with"] is None and recorded["passed"]
+    with pytest.raises(AsftError, match="start a new pipeline run"):
+        registry.complete_promotion(model, recorded, tracking_uri=uri)
+    assert aliases(uri, model) == {"champion": v1}
+
+
+def test_promotion_lock_excludes_and_breaks_an_expired_holder(store):
+    _, uri = store
+    c = registry.client(uri)
+    with registry.promotion_lock("locked", tracking_uri=uri):
+        assert c.get_registered_model("locked.promotion-lock").tags["holder"]
+        with pytest.raises(AsftError, match="stayed taken for 1 s"):
+            with registry.promotion_lock("locked", tracking_uri=uri, wait_s=1.0):
+                pass
+    # A holder that died leaves its lock; once its lease expired it is broken.
+    c.create_registered_model("dead.promotion-lock", tags={"holder": "gone", "expires": "0"})
+    with registry.promotion_lock("dead", tracking_uri=uri, wait_s=5.0):
+        assert c.get_registered_model("dead.promotion-lock").tags["holder"] != "gone"
+    assert not c.search_registered_models("name = 'dead.promotion-lock'")
 
 
 def test_register_rejects_bad_input(store, adapter):

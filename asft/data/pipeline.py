@@ -77,6 +77,7 @@ def _jsonl(rows: list[dict]) -> bytes:
 
 def run_screen(config: ScreenConfig, screener: Screener | None = None, progress=None) -> dict[str, Any]:
     """Screen ``config.data`` into ``config.out``; returns the report (also written as JSON)."""
+    storage.check_output(config.out, "screening", inputs=(config.data, config.labels))
     started = time.perf_counter()
     data = ingest(config.data, config.ingest)
     labels = load_labels(config.labels, data) if config.labels else None
@@ -123,7 +124,7 @@ def run_screen(config: ScreenConfig, screener: Screener | None = None, progress=
         screened = [(labels[row.row_index], r.flagged) for row, r in zip(data.rows, results)]
         report["quality"] = quality([t for t, _ in screened], [f for _, f in screened])
         report["quality"]["labelled_harmful_rejected"] = sum(labels.get(r["row_index"], False) for r in rejects)
-    with storage.staged_dir(config.out) as folder:
+    with storage.staged_dir(config.out, "screening") as folder:
         for name, payload in payloads.items():
             (Path(folder) / name).write_bytes(payload)
         (Path(folder) / REPORT_FILE).write_text(json.dumps(report, indent=2, default=str) + "\n")

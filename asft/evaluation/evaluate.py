@@ -74,11 +74,13 @@ def _free_accelerator_memory() -> None:
 
 
 def evaluate(config: EvalConfig) -> dict[str, Any]:
-    """Run the evaluation a config describes; writes OUT/report.json and OUT/samples.jsonl."""
+    """Run the evaluation a config describes; writes OUT/report.json and OUT/samples.jsonl as one folder."""
     from asft.modeling import resolve_checkpoint
 
     start = perf_counter()
-    # Read and check every input before the slow part, so bad input fails in seconds.
+    # Read and check every input and the output before the slow part, so bad input fails in seconds.
+    storage.check_output(config.out, "evaluation",
+                         inputs=(config.model, config.adapter, config.harmful, *config.utility.values()))
     harmful = load_harmful(config.harmful, config.limit) if config.harmful else []
     utility: dict[str, list[UtilityRow]] = {task: load_utility(task, uri, config.limit)
                                             for task, uri in config.utility.items()}
@@ -144,7 +146,8 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
     report["timings"] = timings
     report["report"] = storage.join(config.out, "report.json")
     report["samples"] = storage.join(config.out, "samples.jsonl")
-    storage.write_jsonl(report["samples"], samples)
-    storage.write_json(report["report"], report)  # last: its presence means the evaluation finished
+    with storage.staged_dir(config.out, "evaluation") as stage:  # report and samples appear together
+        storage.write_jsonl(stage / "samples.jsonl", samples)
+        storage.write_json(stage / "report.json", report)
     _say(config, f"wrote {report['report']}")
     return report

@@ -237,7 +237,7 @@ def build_sandbox(config: SandboxConfig, out: str, force: bool = False) -> dict:
                 and manifest.get("code") == _code_version() and _complete(out, manifest)):
             _progress(f"reusing the sandbox at {out} (same config; --force rebuilds)")
             return _summary(out, manifest, reused=True)
-    with storage.staged_dir(out) as stage:
+    with storage.staged_dir(out, "sandbox") as stage:
         manifest = _build_into(config, stage)
         storage.write_json(stage / MANIFEST, manifest)
     return _summary(out, manifest, reused=False)

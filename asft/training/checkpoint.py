@@ -20,10 +20,26 @@ from asft import storage
 from asft.errors import AsftError
 
 MANIFEST = "checkpoint_manifest.json"
+KIND = "checkpoints"
 
 
 def _folder(root: str, step: int) -> str:
     return storage.join(root, f"step-{step:08d}")
+
+
+def prepare(root: str, inputs=()) -> None:
+    """Check the checkpoint location before training and mark it as asft's (so a later
+    resume, and the clean-up after training, never touch a folder asft did not write)."""
+    storage.check_output(root, KIND, inputs=inputs)
+    if storage.output_kind(root) is None:
+        storage.mark_output(root, KIND)
+
+
+def remove_all(root: str) -> None:
+    """Delete the checkpoint location, which :func:`prepare` marked as asft's."""
+    if storage.output_kind(root) == (KIND, True):
+        fs, path = storage.filesystem(root)
+        fs.rm(path, recursive=True)
 
 
 def list_checkpoints(root: str) -> list[int]:
@@ -50,7 +66,7 @@ def save_checkpoint(root: str, step: int, named_params: dict[str, torch.nn.Param
     if torch.cuda.is_available():
         rng.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
     folder = _folder(root, step)
-    with storage.staged_dir(folder) as tmp:
+    with storage.staged_dir(folder, "checkpoint") as tmp:
         save_file({n: p.detach().cpu().contiguous() for n, p in named_params.items()}, tmp / "adapter.safetensors")
         save_file(moments, tmp / "optimizer.safetensors")
         save_file(rng, tmp / "rng.safetensors")

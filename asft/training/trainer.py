@@ -110,7 +110,7 @@ def _project_existing(config: TrainConfig, started: float) -> dict:
     source = storage.materialize(config.adapter)
     if not (source / ADAPTER_FILE).exists():
         raise AsftError(f"adapter {config.adapter}: no {ADAPTER_FILE}; give a PEFT adapter folder saved with safetensors")
-    with storage.staged_dir(config.out) as tmp:
+    with storage.staged_dir(config.out, "adapter") as tmp:
         for file in source.iterdir():
             if file.is_file() and file.name != MANIFEST:
                 shutil.copy(file, tmp / file.name)
@@ -133,6 +133,14 @@ def _headline(manifest: dict) -> dict:
     return summary
 
 
+def previous_result(config: TrainConfig) -> dict | None:
+    """The summary of a complete adapter at ``config.out`` trained with exactly this config, else None."""
+    if not storage.is_complete(config.out, "adapter"):
+        return None
+    manifest = storage.read_json(storage.join(config.out, MANIFEST))
+    return {"adapter": config.out, **_headline(manifest)} if manifest.get("config") == config.model_dump(mode="json") else None
+
+
 def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) -> dict:
     """Run one training job; writes the adapter folder to ``config.out`` atomically and returns
     a summary (``adapter`` folder plus the manifest's headline figures).
@@ -141,6 +149,9 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
     penalty (None without a direction) and total.
     """
     started = time.perf_counter()
+    storage.check_output(config.out, "adapter", inputs=(config.model, config.data, config.direction, config.adapter))
+    if config.checkpoint_every:
+        ckpt.prepare(config.checkpoints, inputs=(config.model, config.data, config.direction))
     if config.method == "safelora" and config.adapter:
         return _project_existing(config, started)
     from peft import LoraConfig, get_peft_model
@@ -225,7 +236,7 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
     bar.close()
     loop_seconds = time.perf_counter() - loop_started
 
-    with storage.staged_dir(config.out) as tmp:
+    with storage.staged_dir(config.out, "adapter") as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         storage.write_jsonl(tmp / "metrics.jsonl", metrics)
@@ -252,7 +263,6 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
             report.pop("direction_sha256")
             manifest["safelora"] = report
         storage.write_json(tmp / MANIFEST, manifest)
-    if config.checkpoint_every and storage.exists(config.checkpoints):
-        fs, path = storage.filesystem(config.checkpoints)
-        fs.rm(path, recursive=True)  # the finished adapter supersedes them
+    if config.checkpoint_every:
+        ckpt.remove_all(config.checkpoints)  # the finished adapter supersedes them
     return {"adapter": config.out, **_headline(manifest)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from asft import storage
 from asft.data.screening.base import ScreenResult, combine
 from asft.data.screening.rules import RulesScreener
 from asft.templates import Record
@@ -65,7 +66,7 @@ def test_fitted_head_is_safetensors_and_screens(tmp_path, embedder):
     records = [Record(t) for t in HARMFUL_REQUESTS + BENIGN_REQUESTS]
     summary = fit_head(records, [True] * 4 + [False] * 4, str(tmp_path / "head"))
     assert summary["train_accuracy"] == 1.0 and summary["rows"] == 8
-    assert sorted(p.name for p in (tmp_path / "head").iterdir()) == ["head.json", "head.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "head").iterdir()) == [storage.OUTPUT_MARKER, "head.json", "head.safetensors"]
     assert is_head_folder(str(tmp_path / "head")) and not is_head_folder("sentence-transformers/all-MiniLM-L6-v2")
     screener = EncoderScreener(EncoderConfig(head=str(tmp_path / "head")), embedder=embedder)
     results = screener.score(records)

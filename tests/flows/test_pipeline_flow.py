@@ -25,7 +25,7 @@ def world(tiny_sandbox, s3_endpoint, prefect_server, tmp_path_factory):
 
 
 def config(world, run_key: str, *, method: str = "asft", data: str | None = None, labels: str | None = None,
-           max_harmful_score: float = 100.0) -> PipelineConfig:
+           max_harmful_score: float = 100.0, **execution) -> PipelineConfig:
     sandbox = world["sandbox"]
     return PipelineConfig.model_validate({
         "artifact_root": "s3://asft/pipeline",
@@ -38,6 +38,7 @@ def config(world, run_key: str, *, method: str = "asft", data: str | None = None
         "evaluation": {"limit": 16, "max_new_tokens": 24, "batch_size": 16, "progress": False},
         "gates": {"max_harmful_score": max_harmful_score, "harmful_tolerance": 100.0, "utility_tolerance": 100.0},
         "registry": {"tracking_uri": world["tracking_uri"], "model_name": "tiny-asft"},
+        "execution": execution,
     })
 
 
@@ -73,15 +74,26 @@ def test_pipeline_promotes_passing_model_and_rerun_is_idempotent(world):
     assert {"plots/training_curves.png", "plots/before_after.png"} <= plots
     assert storage.exists("s3://asft/pipeline/runs/nightly-1/adapter/adapter_model.safetensors")
 
-    # Same pipeline run again: no second version, champion unchanged, direction served from cache.
-    state = asft_pipeline(config(world, "nightly-1"), return_state=True)
-    again = state.result()
-    assert again["model_version"] == 1 and not again["champion_moved"]
+    # Same pipeline run again: its complete version is immutable, nothing is recomputed or re-tagged.
+    tags = dict(client.get_model_version("tiny-asft", "1").tags)
+    adapter_files = {a.path: a.file_size for a in client.list_artifacts(first["mlflow_run_id"], "adapter")}
+    again = asft_pipeline(config(world, "nightly-1"))
+    assert again["already_registered"] and again["model_version"] == 1 and not again["champion_moved"]
     assert len(client.search_model_versions("name='tiny-asft'")) == 1
+    assert dict(client.get_model_version("tiny-asft", "1").tags) == tags
+    assert {a.path: a.file_size for a in client.list_artifacts(first["mlflow_run_id"], "adapter")} == adapter_files
+    assert client.get_run(first["mlflow_run_id"]).info.status == "FINISHED"
+
+    # A new pipeline run on the same inputs: direction, screening and baseline come from the cache.
+    state = asft_pipeline(config(world, "nightly-2"), return_state=True)
+    second = state.result()
+    assert second["model_version"] == 2
     states = task_states(state.state_details.flow_run_id)
     assert states["extract direction"] == "Cached"
     assert states["screen data"] == "Cached"
     assert states["evaluate aligned model"] == "Cached"
+    tags = client.get_model_version("tiny-asft", "2").tags
+    assert tags[registry.COMPARED_WITH_TAG] == "1"
 
 
 def test_failing_model_does_not_move_champion(world):
@@ -97,3 +109,47 @@ def test_failing_model_does_not_move_champion(world):
     assert client.get_model_version_by_alias("tiny-asft", "champion").version == before
     version = client.get_model_version("tiny-asft", str(result["model_version"]))
     assert version.tags["asft.gate.passed"] == "false"
+
+
+def answer_when_paused(run_input: dict | None):
+    """Wait for the pipeline to pause for approval, then answer like the UI form (None: never)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+    from prefect.flow_runs import aresume_flow_run
+
+    async def answer():
+        async with get_client() as client:
+            paused = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED])))
+            for _ in range(600):
+                runs = await client.read_flow_runs(flow_run_filter=paused)
+                if runs:
+                    if run_input is not None:
+                        await aresume_flow_run(runs[0].id, run_input=run_input)
+                    return True
+                await asyncio.sleep(0.5)
+        return False
+
+    return asyncio.run(answer())
+
+
+@pytest.mark.parametrize("answer, reason", [
+    ({"approve": False, "reviewer": "bob", "note": "too risky"}, "manual_approval: not approved by bob (too risky)"),
+    (None, "manual_approval: not approved by nobody (no answer within 3 s)"),
+])
+def test_a_reviewers_no_or_silence_fails_the_gate(world, answer, reason):
+    import threading
+
+    from flows.pipeline import asft_pipeline
+
+    client = registry.client(world["tracking_uri"])
+    before = client.get_model_version_by_alias("tiny-asft", "champion").version
+    seen = []
+    reviewer = threading.Thread(target=lambda: seen.append(answer_when_paused(answer)))
+    reviewer.start()
+    result = asft_pipeline(config(world, f"reviewed-{answer is None}", manual_approval=True, approval_timeout_s=3))
+    reviewer.join()
+    assert seen == [True]  # the run did wait for a reviewer
+    assert not result["gate"]["passed"] and not result["champion_moved"]
+    assert result["gate"]["reasons"] == [reason]
+    assert client.get_model_version_by_alias("tiny-asft", "champion").version == before

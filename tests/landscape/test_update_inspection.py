@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from asft import storage
 from asft.errors import AsftError
 from asft.update_inspection import ModuleUpdate, adapter_updates, decompose
 
@@ -132,7 +133,8 @@ def test_inspect_peft_adapter_matches_peft_own_delta(world, tmp_path):
         for key, value in expected.items():
             assert row[key] == pytest.approx(value, rel=1e-4), (row["module"], key)
     assert summary["mean_orth_P"] == pytest.approx(sum(r["orth_P"] for r in summary["rows"]) / len(summary["rows"]))
-    assert sorted(p.name for p in out.iterdir()) == ["inspection.csv", "inspection.json", "inspection.md", "inspection.png"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        storage.OUTPUT_MARKER, "inspection.csv", "inspection.json", "inspection.md", "inspection.png"]
     assert json.loads((out / "inspection.json").read_text())["rows"] == summary["rows"]
 
 

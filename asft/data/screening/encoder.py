@@ -280,13 +280,14 @@ def fit_head(records: list[Record], labels: list[bool], out: str, *, model: str 
 
     if len(set(labels)) < 2:
         raise AsftError("fitting a head needs both harmful and benign rows in the labelled data")
+    storage.check_output(out, "screener-head")
     vectors = Embedder(model, device, max_tokens, batch_size)([request_text(r) for r in records])
     clf = LogisticRegression(C=c, class_weight="balanced", max_iter=2000, random_state=seed)
     clf.fit(vectors, np.asarray(labels, dtype=int))
     train_accuracy = float(clf.score(vectors, np.asarray(labels, dtype=int)))
     summary = {"model": model, "dim": int(vectors.shape[1]), "rows": len(records), "harmful_rows": int(sum(labels)),
                "c": c, "max_tokens": max_tokens, "train_accuracy": train_accuracy}
-    with storage.staged_dir(out) as folder:
+    with storage.staged_dir(out, "screener-head") as folder:
         save_file({"weight": clf.coef_[0].astype(np.float32), "bias": clf.intercept_.astype(np.float32)},
                   str(Path(folder) / HEAD_WEIGHTS))
         (Path(folder) / HEAD_CONFIG).write_text(json.dumps(summary, indent=2) + "\n")
