@@ -71,16 +71,16 @@ def _client(tracking_uri: str):
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # before mlflow is first imported
     from mlflow import MlflowClient
 
-    c = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    if tracking_uri.startswith("sqlite:///"):
-        # Two processes creating the same new store at once race in its schema migration:
-        # the first one to hold the lock creates it, the others find it made.
-        lock = Path(tracking_uri[len("sqlite:///"):] + ".lock")
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        with open(lock, "a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            c.search_experiments(max_results=1)
-            c.search_registered_models(max_results=1)
+    if not tracking_uri.startswith("sqlite:///"):
+        return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    # Two processes creating the same new store at once race in its schema migration (the
+    # client's constructor runs it): the first to hold the lock creates it, the others find it made.
+    lock = Path(tracking_uri[len("sqlite:///"):] + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        c = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        c.search_registered_models(max_results=1)  # the registry store is made lazily
     return c
 
 

@@ -277,3 +277,24 @@ def test_resolve_tracking_uri(monkeypatch, tmp_path):
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     monkeypatch.chdir(tmp_path)
     assert registry.resolve_tracking_uri() == f"sqlite:///{tmp_path.resolve()}/.asft/mlflow/mlflow.db"
+
+
+CREATE_STORE = """
+import sys
+from asft import registry
+run = registry.start_or_resume_run(sys.argv[1], "race", sys.argv[2], {})
+print(run)
+"""
+
+
+def test_pipelines_creating_one_new_store_at_once_all_succeed(tmp_path):
+    import subprocess
+    import sys
+
+    uri = registry.embedded_tracking_uri(tmp_path / "new-store")
+    procs = [subprocess.Popen([sys.executable, "-c", CREATE_STORE, uri, f"racer-{i}"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(3)]
+    results = [(p.wait(timeout=180), p.stdout.read(), p.stderr.read()) for p in procs]
+    assert [code for code, _, _ in results] == [0, 0, 0], [err[-500:] for _, _, err in results]
+    assert len({out.strip() for _, out, _ in results}) == 3
+    assert len(registry.client(uri).search_runs([registry.client(uri).get_experiment_by_name("race").experiment_id])) == 3
