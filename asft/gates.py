@@ -120,6 +120,32 @@ def validate_summary(summary: EvalSummary | Mapping[str, Any], role: str) -> Eva
         raise AsftError(f"{role} evaluation summary is invalid: {problems}; re-run the evaluation or fix its report") from None
 
 
+def eval_summary(report: Mapping[str, Any]) -> EvalSummary:
+    """The figures the gates read, from an evaluation report (``asft eval``'s report.json)."""
+    return EvalSummary.model_validate({
+        "harmful_score": report["harmful_score"],
+        "harmful_score_ci95": report["harmful_score_ci95"],
+        "utility": report["utility"],
+        "protocol": gate_protocol(report["protocol"]),
+    })
+
+
+def gate_protocol(protocol: Mapping[str, Any]) -> dict:
+    """The parts of the evaluation protocol that must match for two scores to be compared:
+    what was asked (prompt-set content, not its path), how answers were decoded and judged."""
+    def content(prompt_set: Mapping[str, Any] | None) -> dict:
+        return {k: (prompt_set or {}).get(k) for k in ("sha256", "rows_used")}
+
+    return {
+        "harmful_set": content(protocol.get("harmful_set")),
+        "utility_sets": {task: content(s) for task, s in sorted((protocol.get("utility_sets") or {}).items())},
+        "template": protocol.get("template"),
+        "decoding": protocol.get("decoding"),
+        "max_new_tokens": protocol.get("max_new_tokens"),
+        "judge": protocol.get("judge"),
+    }
+
+
 def _fmt(x: float) -> str:
     return f"{x:.2f}%"
 

@@ -10,11 +10,11 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from asft import registry, storage
-from asft.gates import decide
+from asft.gates import decide, eval_summary
 from asft.pipeline_config import PipelineConfig
 from flows import steps
 from flows.approval import ask_for_approval
-from flows.reporting import eval_summary, log_run, publish
+from flows.reporting import log_run, publish
 
 
 @flow(name="asft-pipeline", log_prints=True)

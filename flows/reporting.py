@@ -9,33 +9,8 @@ from pathlib import Path
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from asft import registry, storage
-from asft.gates import EvalSummary, GateDecision
+from asft.gates import GateDecision, eval_summary
 from asft.plots import eval_comparison, save_png, training_curves
-
-
-def eval_summary(report: dict) -> EvalSummary:
-    """The figures the gates read, from an evaluation report."""
-    return EvalSummary.model_validate({
-        "harmful_score": report["harmful_score"],
-        "harmful_score_ci95": report["harmful_score_ci95"],
-        "utility": report["utility"],
-        "protocol": gate_protocol(report["protocol"]),
-    })
-
-
-def gate_protocol(protocol: dict) -> dict:
-    """The parts of the evaluation protocol that must match for two scores to be compared:
-    what was asked (prompt-set content, not its path), how answers were decoded and judged."""
-    harmful = protocol.get("harmful_set") or {}
-    return {
-        "harmful_set": {k: harmful.get(k) for k in ("sha256", "rows")},
-        "utility_sets": {task: {k: s.get(k) for k in ("sha256", "rows")}
-                         for task, s in sorted((protocol.get("utility_sets") or {}).items())},
-        "template": protocol.get("template"),
-        "decoding": protocol.get("decoding"),
-        "max_new_tokens": protocol.get("max_new_tokens"),
-        "judge": protocol.get("judge"),
-    }
 
 
 def log_run(run_id: str, tracking_uri: str, *, direction: dict, screening: dict, training: dict,

@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from asft.errors import AsftError
-from asft.gates import Approval, Check, EvalSummary, GateConfig, GateDecision, decide
+from asft.gates import Approval, Check, EvalSummary, GateConfig, GateDecision, decide, eval_summary
 
 PROTOCOL = {"harmful_prompts": "beavertails-30k_test[:250]", "judge": "keyword-refusal", "max_new_tokens": 512}
 CONFIG = GateConfig(max_harmful_score=20.0, harmful_tolerance=2.0, min_utility=10.0, utility_tolerance=2.0)
@@ -162,11 +162,6 @@ def test_old_approval_setting_fails_with_a_line_naming_the_new_one():
         GateConfig.model_validate({"require_manual_approval": True})
 
 
-def test_deterministic():
-    args = (summary(hs=13.0, utility={"gsm8k": 27.0, "sst2": 80.0}), summary(hs=10.0), CONFIG)
-    assert decide(*args).model_dump() == decide(*args).model_dump()
-
-
 def test_accepts_plain_dicts():
     d = decide(summary().model_dump(), {"harmful_score": 10.0, "utility": {"gsm8k": 30.0, "sst2": 80.0}, "protocol": PROTOCOL}, CONFIG)
     assert d.passed and "harmful_vs_champion" in by_name(d)
@@ -210,3 +205,27 @@ def test_bad_config_is_rejected(update):
 def test_config_fields_are_documented():
     for name, field in GateConfig.model_fields.items():
         assert field.description, name
+
+
+def report(harmful_rows=250, harmful_sha="h1", path="/data/harmful.jsonl", judge="keyword"):
+    """An evaluation report as `asft eval` writes it (the parts the gates read)."""
+    return {
+        "harmful_score": 4.0, "harmful_score_ci95": [2.0, 7.0], "utility": {"sst2": 90.0},
+        "protocol": {
+            "harmful_set": {"file": path, "sha256": harmful_sha, "rows_in_file": 1000, "rows_used": harmful_rows},
+            "utility_sets": {"sst2": {"file": "sst2.jsonl", "sha256": "u1", "rows_in_file": 200, "rows_used": 200}},
+            "limit": None, "template": "alpaca", "decoding": "greedy", "max_new_tokens": 64,
+            "judge": {"kind": judge},
+        },
+    }
+
+
+def test_eval_summary_protocol_is_the_content_not_the_path():
+    base = eval_summary(report())
+    assert base.harmful_score == 4.0 and base.utility == {"sst2": 90.0}
+    assert base.protocol == eval_summary(report(path="/elsewhere/copy.jsonl")).protocol
+    for changed in (report(harmful_rows=100), report(harmful_sha="h2"), report(judge="guard")):
+        assert eval_summary(changed).protocol != base.protocol
+    decision = decide(eval_summary(report(harmful_rows=100)), base, CONFIG)
+    assert by_name(decision)["protocol"].skipped
+    assert "harmful_set" in by_name(decision)["protocol"].detail

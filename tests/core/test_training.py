@@ -88,10 +88,30 @@ def test_asft_with_zero_lambda_is_bitwise_sft(sft_run, llama_pair, train_rows, d
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_projector_anchor_and_scaled_penalty_run(llama_pair, train_rows, direction, tmp_path):
-    summary = train(config(llama_pair, train_rows, direction, tmp_path / "p", method="asft", anchor="projector",
-                           top_k=2, penalty_scaling=True, max_steps=2))
-    assert summary["steps"] == 2 and summary["final_penalty"] >= 0
+def test_projector_anchor_and_scaled_penalty_match_the_naive_formula(llama_pair, train_rows, direction, tmp_path):
+    from asft.direction import load_direction
+    from asft.regularizer import top_k_projector
+
+    # lam 0: the penalty is computed but moves nothing, so the step-2 penalty is that of the
+    # weights after one step, which a one-step run saves.
+    one_step = train(config(llama_pair, train_rows, direction, tmp_path / "one", method="asft", lam=0.0, max_steps=1))
+    steps = []
+    train(config(llama_pair, train_rows, direction, tmp_path / "p", method="asft", lam=0.0, anchor="projector",
+                 top_k=2, penalty_scaling=True, max_steps=2), on_step=steps.append)
+    weights = load_file(os.path.join(one_step["adapter"], "adapter_model.safetensors"))
+    lora = json.loads((tmp_path / "one" / "adapter_config.json").read_text())
+    scaling = lora["lora_alpha"] / lora["r"]
+    vectors = load_direction(str(direction)).vectors
+    naive = 0.0
+    for key, A in weights.items():
+        if "lora_A" not in key:
+            continue
+        module = key.removeprefix("base_model.model.").removesuffix(".lora_A.weight")
+        B = weights[key.replace("lora_A", "lora_B")]
+        U = top_k_projector(vectors[module], 2)
+        update = scaling * B @ A
+        naive += float((update - U @ (U.T @ update)).square().sum())
+    assert naive > 0 and steps[1]["penalty"] == pytest.approx(naive, rel=1e-4)
 
 
 def test_configuration_errors(llama_pair, train_rows, direction, tmp_path):

@@ -54,10 +54,18 @@ def task_states(flow_run_id) -> dict[str, str]:
     return asyncio.run(read())
 
 
-def test_pipeline_promotes_passing_model_and_rerun_is_idempotent(world):
+@pytest.fixture(scope="module")
+def first_run(world):
+    """The first pipeline run on a new registry: the champion the other tests compare with."""
     from flows.pipeline import asft_pipeline
 
-    first = asft_pipeline(config(world, "nightly-1"))
+    return asft_pipeline(config(world, "nightly-1"))
+
+
+def test_pipeline_promotes_passing_model_and_rerun_is_idempotent(world, first_run):
+    from flows.pipeline import asft_pipeline
+
+    first = first_run
     assert first["gate"]["passed"] and first["champion_moved"]
     assert first["model_version"] == 1
     assert set(first) >= {"mlflow_run_id", "tracking_uri", "model_name", "model_version", "gate", "champion_moved",
@@ -96,7 +104,7 @@ def test_pipeline_promotes_passing_model_and_rerun_is_idempotent(world):
     assert tags[registry.COMPARED_WITH_TAG] == "1"
 
 
-def test_failing_model_does_not_move_champion(world):
+def test_failing_model_does_not_move_champion(world, first_run):
     from flows.pipeline import asft_pipeline
 
     client = registry.client(world["tracking_uri"])
@@ -137,7 +145,7 @@ def answer_when_paused(run_input: dict | None):
     ({"approve": False, "reviewer": "bob", "note": "too risky"}, "manual_approval: not approved by bob (too risky)"),
     (None, "manual_approval: not approved by nobody (no answer within 3 s)"),
 ])
-def test_a_reviewers_no_or_silence_fails_the_gate(world, answer, reason):
+def test_a_reviewers_no_or_silence_fails_the_gate(world, first_run, answer, reason):
     import threading
 
     from flows.pipeline import asft_pipeline
