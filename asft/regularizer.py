@@ -22,34 +22,13 @@ B lie in span(U_k)). Everything is computed in float32 (float64 if A is float64)
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
 AnchorKind = Literal["fro", "projector"]
-
-
-def asft_penalty(A: torch.Tensor, B: torch.Tensor, V: torch.Tensor | None, norm: float | torch.Tensor | None, *,
-                 scaling: float | None = None, projector: torch.Tensor | None = None) -> torch.Tensor:
-    """``||(I - C) s B A||_F^2`` for one module, as a float32 scalar that autograd follows.
-
-    A: (r, in) ``lora_A``; B: (out, r) ``lora_B``; V: (out, in) alignment direction; norm:
-    ``||V||_F``. ``scaling`` (LoRA alpha/r) multiplies the update; None leaves it out, as the
-    reference implementation does. ``projector``: U_k (out, k) with orthonormal columns; when
-    given, C is replaced by U_k U_k^T and V/norm are not used.
-    """
-    # at least float32: bf16/fp16 inputs are upcast, float64 (tests) stays float64
-    dtype = torch.float64 if A.dtype == torch.float64 else torch.float32
-    A, B = A.to(dtype), B.to(dtype)
-    if projector is not None:
-        X = B - apply_anchor(B, projector.to(dtype), 1.0)  # U U^T B
-    else:
-        X = B - apply_anchor(B, V.to(dtype), norm)
-    penalty = ((X.T @ X) * (A @ A.T)).sum()
-    if scaling is not None:
-        penalty = penalty * (scaling * scaling)
-    return penalty
 
 
 def apply_anchor(B: torch.Tensor, V: torch.Tensor, norm: float | torch.Tensor) -> torch.Tensor:
@@ -108,16 +87,51 @@ def low_rank_factor(V: torch.Tensor, k: int, *, oversample: int = 10, power_iter
     return (Q @ (U[:, :k] * S[:k])).to(V.dtype)
 
 
-@dataclass
-class Anchor:
-    """What the penalty needs for one module, kept on the training device for the whole run."""
+class Anchor(ABC):
+    """The one anchor concept: a left-multiplying map M of one module (``apply(X) = M X``).
 
-    V: torch.Tensor | None = None
-    norm: torch.Tensor | None = None
-    projector: torch.Tensor | None = None
+    The AsFT penalty of a LoRA update is ``||(I - M) s B A||_F^2``, evaluated factored as
+    ``sum((X^T X) * (A A^T))`` with ``X = (I - M) B``: nothing of size (out, in) or (out, out)
+    is formed. Computed in float32 (float64 if A is float64) whatever the model's dtype.
+    """
+
+    @abstractmethod
+    def apply(self, X: torch.Tensor) -> torch.Tensor:
+        """``M X``; each kind of anchor below says what M is."""
 
     def penalty(self, A: torch.Tensor, B: torch.Tensor, scaling: float | None = None) -> torch.Tensor:
-        return asft_penalty(A, B, self.V, self.norm, scaling=scaling, projector=self.projector)
+        """``||(I - M) s B A||_F^2`` as a scalar autograd follows; ``scaling`` s (LoRA alpha/r)
+        None leaves it out, as the reference implementation does."""
+        dtype = torch.float64 if A.dtype == torch.float64 else torch.float32
+        A, B = A.to(dtype), B.to(dtype)
+        X = B - self.apply(B)
+        penalty = ((X.T @ X) * (A @ A.T)).sum()
+        return penalty if scaling is None else penalty * (scaling * scaling)
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """What the anchor keeps on the device (for memory accounting)."""
+        return tuple(vars(self).values())
+
+
+@dataclass
+class DirectionAnchor(Anchor):
+    """The paper's ``C = V V^T / n`` with ``n = ||V||_F``; ``V`` may be the low-rank factor L."""
+
+    V: torch.Tensor
+    norm: torch.Tensor
+
+    def apply(self, X: torch.Tensor) -> torch.Tensor:
+        return apply_anchor(X, self.V.to(X.dtype), self.norm)
+
+
+@dataclass
+class ProjectorAnchor(Anchor):
+    """The true orthogonal projector ``P = U U^T`` on V's top-k left singular vectors."""
+
+    U: torch.Tensor
+
+    def apply(self, X: torch.Tensor) -> torch.Tensor:
+        return apply_anchor(X, self.U.to(X.dtype), 1.0)
 
 
 def build_anchors(vectors: dict[str, torch.Tensor], kind: AnchorKind = "fro", top_k: int = 8,
@@ -132,9 +146,9 @@ def build_anchors(vectors: dict[str, torch.Tensor], kind: AnchorKind = "fro", to
     for name, V in vectors.items():
         if kind == "fro":
             kept = V if rank is None else low_rank_factor(V, rank)
-            anchors[name] = Anchor(V=kept, norm=torch.linalg.matrix_norm(V.float()))
+            anchors[name] = DirectionAnchor(kept, torch.linalg.matrix_norm(V.float()))
         elif kind == "projector":
-            anchors[name] = Anchor(projector=top_k_projector(V, min(top_k, min(V.shape))))
+            anchors[name] = ProjectorAnchor(top_k_projector(V, min(top_k, min(V.shape))))
         else:
             raise ValueError(f"unknown anchor kind {kind!r}; choose fro or projector")
     return anchors

@@ -75,14 +75,9 @@ class ModuleUpdate:
         return self.B if self.A is None else self.scaling * (self.B @ self.A)
 
 
-def anchor(V: torch.Tensor, norm: float) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``X -> C X`` with ``C = V V^T / n``, never materialising C."""
-    return lambda X: V @ (V.T @ X) / norm
-
-
 def decompose(name: str, update: ModuleUpdate, V: torch.Tensor, top_k: int) -> dict:
     """The table row of one module (shares are None when the update is zero)."""
-    from asft.regularizer import asft_penalty, top_k_projector
+    from asft.regularizer import DirectionAnchor, ProjectorAnchor, top_k_projector
 
     V = V.float()
     shape = tuple(update.B.shape) if update.A is None else (update.B.shape[0], update.A.shape[1])
@@ -92,24 +87,24 @@ def decompose(name: str, update: ModuleUpdate, V: torch.Tensor, top_k: int) -> d
     norm = float(torch.linalg.matrix_norm(V))
     if norm == 0.0:
         raise AsftError(f"direction module {name}: V is all zeros (aligned == base there); rebuild the direction or drop the module")
-    U = top_k_projector(V, min(top_k, min(V.shape)))
-    C = anchor(V, norm)
+    C = DirectionAnchor(V, torch.tensor(norm))
+    P = ProjectorAnchor(top_k_projector(V, min(top_k, min(V.shape))))
     if update.A is None:
-        orth_c = update.energy(lambda X: X - C(X))
-        orth_p = update.energy(lambda X: X - U @ (U.T @ X))
+        orth_c = update.energy(lambda X: X - C.apply(X))
+        orth_p = update.energy(lambda X: X - P.apply(X))
         penalty = orth_c
     else:
-        penalty = float(asft_penalty(update.A, update.B, V, norm))
+        penalty = float(C.penalty(update.A, update.B))
         orth_c = update.scaling ** 2 * penalty
-        orth_p = float(asft_penalty(update.A, update.B, None, None, scaling=update.scaling, projector=U))
+        orth_p = float(P.penalty(update.A, update.B, scaling=update.scaling))
     energy = update.energy()
-    row = {"module": name, "update_norm": math.sqrt(energy), "direction_norm": norm, "rank_k": U.shape[1],
+    row = {"module": name, "update_norm": math.sqrt(energy), "direction_norm": norm, "rank_k": P.U.shape[1],
            "along_C": None, "orth_C": None, "along_P": None, "orth_P": None, "cosine": None, "penalty": penalty}
     if energy > 0.0:
         row.update(
-            along_C=math.sqrt(update.energy(C) / energy),
+            along_C=math.sqrt(update.energy(C.apply) / energy),
             orth_C=math.sqrt(orth_c / energy),
-            along_P=math.sqrt(update.energy(lambda X: U @ (U.T @ X)) / energy),
+            along_P=math.sqrt(update.energy(P.apply) / energy),
             orth_P=math.sqrt(orth_p / energy),
             cosine=update.inner(V) / (norm * math.sqrt(energy)),
         )

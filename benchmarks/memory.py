@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from asft.regularizer import asft_penalty, build_anchors
+from asft.regularizer import build_anchors
 from benchmarks.timing import result
 
 LLAMA2_7B_QV = dict(modules=64, out=4096, inp=4096)
@@ -31,7 +31,7 @@ def storage_bytes(modules: int, out: int, inp: int, dtype: str, rank: int | None
 
 
 def _anchor_bytes(anchor) -> int:
-    return sum(t.numel() * t.element_size() for t in (anchor.V, anchor.norm, anchor.projector) if t is not None)
+    return sum(t.numel() * t.element_size() for t in anchor.tensors())
 
 
 def _directions(d: int, device: torch.device, g: torch.Generator) -> dict[str, torch.Tensor]:

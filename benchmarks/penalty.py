@@ -2,7 +2,7 @@
 and backward (what a training step pays).
 
 Reference style: the anchor ``C = V V^T / n`` is materialised once (out, out) and every step
-computes ``|| B A - C (B A) ||_F^2``, O(out^2 in). Ours: ``asft_penalty`` (never forms C nor
+computes ``|| B A - C (B A) ||_F^2``, O(out^2 in). Ours: ``DirectionAnchor.penalty`` (never forms C nor
 B A), O(out in r). On CUDA a second figure adds the reference's per-step host-to-device copy
 of C (pageable memory, as the reference keeps its list of C's on the host).
 """
@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from asft.regularizer import asft_penalty
+from asft.regularizer import DirectionAnchor
 from benchmarks.timing import interleaved, median, result, synchronize
 
 SHAPES = {"tiny": dict(d=64, r=8, repeats=3, warmup=1),
@@ -32,6 +32,7 @@ def run(mode: str, device: torch.device) -> dict:
     synchronize(device)
     start = time.perf_counter()
     C = V @ V.T / norm  # the reference builds it once, before training
+    anchor = DirectionAnchor(V, norm)
     synchronize(device)
     build_s = time.perf_counter() - start
     C_host = C.cpu() if device.type == "cuda" else None
@@ -43,7 +44,7 @@ def run(mode: str, device: torch.device) -> dict:
         penalty.item()
 
     def fast() -> None:
-        penalty = asft_penalty(A, B, V, norm)
+        penalty = anchor.penalty(A, B)
         penalty.backward()
         penalty.item()
 
@@ -54,7 +55,7 @@ def run(mode: str, device: torch.device) -> dict:
     naive_s, fast_s = median(seconds["naive"]), median(seconds["fast"])
     ratio = naive_s / fast_s
     with torch.no_grad():
-        check = abs((B @ A - C @ (B @ A)).square().sum().item() / asft_penalty(A, B, V, norm).item() - 1)
+        check = abs((B @ A - C @ (B @ A)).square().sum().item() / anchor.penalty(A, B).item() - 1)
     copy_ratio = round(median(seconds["naive_with_copy"]) / fast_s, 2) if C_host is not None else None
     return result(
         "naive_over_fast_penalty", ratio, None, None,

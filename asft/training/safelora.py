@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 
 from asft.errors import AsftError
-from asft.regularizer import apply_anchor
+from asft.regularizer import DirectionAnchor
 
 PEFT_PREFIX = "base_model.model."
 
@@ -37,7 +37,7 @@ def lora_modules(state: dict[str, torch.Tensor]) -> dict[str, tuple[str, str]]:
 def cosine(A: torch.Tensor, B: torch.Tensor, V: torch.Tensor) -> float:
     """cos(vec(C B A), vec(B A)) in float64; 1.0 for a zero update (nothing to pull back)."""
     A, B, V = A.double(), B.double(), V.double()
-    Y = apply_anchor(B, V, torch.linalg.matrix_norm(V))
+    Y = DirectionAnchor(V, torch.linalg.matrix_norm(V)).apply(B)
     gram_A = A @ A.T
     inner = ((Y.T @ B) * gram_A).sum()
     norms = math.sqrt(((Y.T @ Y) * gram_A).sum().item() * ((B.T @ B) * gram_A).sum().item())
@@ -63,7 +63,7 @@ def project(state: dict[str, torch.Tensor], vectors: dict[str, torch.Tensor], *,
         b_key = pairs[name][1]
         V = vectors[name].double()
         B = state[b_key]
-        new_state[b_key] = apply_anchor(B.double(), V, torch.linalg.matrix_norm(V)).to(B.dtype)
+        new_state[b_key] = DirectionAnchor(V, torch.linalg.matrix_norm(V)).apply(B.double()).to(B.dtype)
     report = {"mode": mode, "threshold": threshold, "tau": tau, "k": k if mode == "number" else None,
               "cosines": cosines, "projected": projected, "modules": len(pairs)}
     return new_state, report

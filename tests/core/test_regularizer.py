@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from asft.regularizer import asft_penalty, build_anchors, top_k_projector
+from asft.regularizer import DirectionAnchor, ProjectorAnchor, build_anchors, top_k_projector
+
+
+def asft_penalty(A, B, V, norm, scaling=None, projector=None):
+    """The penalty through the anchor the variant names (the trainer's path)."""
+    anchor = ProjectorAnchor(projector) if projector is not None else DirectionAnchor(V, norm)
+    return anchor.penalty(A, B, scaling)
 
 
 def naive_penalty(A, B, V, norm, scaling=None, projector=None):
@@ -105,8 +111,8 @@ def test_build_anchors_fro_and_projector():
     assert fro.penalty(A, B).item() == pytest.approx(
         naive_penalty(A.double(), B.double(), V.double(), torch.linalg.matrix_norm(V.double())).item(), rel=1e-4)
     proj = build_anchors({"m": V}, "projector", top_k=4)["m"]
-    assert proj.V is None and proj.projector.shape == (V.shape[0], 4)
-    torch.testing.assert_close(proj.projector.T @ proj.projector, torch.eye(4), atol=1e-5, rtol=0)
+    assert isinstance(proj, ProjectorAnchor) and proj.U.shape == (V.shape[0], 4) and proj.tensors() == (proj.U,)
+    torch.testing.assert_close(proj.U.T @ proj.U, torch.eye(4), atol=1e-5, rtol=0)
 
 
 def test_low_rank_anchor_is_exact_for_a_rank_k_direction_and_the_eigen_truncation_otherwise():
