@@ -8,8 +8,6 @@ from typing import Callable
 
 import torch
 
-MODES = ("tiny", "quick", "full")
-
 
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":

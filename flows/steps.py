@@ -10,7 +10,6 @@ never loads).
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from prefect import task
