@@ -1,4 +1,4 @@
-"""Utility scorers (answer, gold) -> correct, as in the paper, and the Wilson interval.
+"""Utility scorers (answer, gold) -> correct, as in the paper (the Wilson interval lives in asft.statistics).
 
 - ``sst2``: the answer, stripped, lower-cased and without trailing ``.``/``!``, is exactly
   the gold word (positive / negative).
@@ -91,17 +91,3 @@ def make_scorer(task: str) -> Scorer:
     if task not in scorers:
         raise ValueError(f"unknown utility task {task!r}; choose {', '.join(TASKS)} or regex:<pattern>")
     return scorers[task]
-
-
-def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval for k successes in n trials, as proportions in [0, 1].
-
-    Unlike the normal approximation it stays inside [0, 1] and is not empty at k = 0 or n.
-    """
-    if n <= 0 or not 0 <= k <= n:
-        raise ValueError(f"need 0 <= k <= n and n > 0, got k={k}, n={n}")
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)

@@ -5,7 +5,7 @@ import pytest
 from asft.evaluation import EvalConfig, JudgeConfig, evaluate
 from asft.evaluation.generation import generate, load_model
 from asft.evaluation.judges import KeywordJudge
-from asft.evaluation.scorers import wilson_interval
+from asft.statistics import wilson_interval
 from asft.storage import sha256_file
 from asft.templates import Record, render_prompt
 from eval_helpers import QUESTIONS, write_rows

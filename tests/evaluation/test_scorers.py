@@ -1,6 +1,7 @@
 import pytest
 
-from asft.evaluation.scorers import extract_number, make_scorer, wilson_interval
+from asft.evaluation.scorers import extract_number, make_scorer
+from asft.statistics import wilson_interval
 
 
 @pytest.mark.parametrize("k,n,low,high", [
