@@ -6,7 +6,7 @@ Layout of a sandbox folder::
     base/  aligned/                       HF checkpoints (safetensors) with tokenizer files
     data/finetune_<task>_n<n>_p<p>.jsonl  fine-tuning mixture (Alpaca fields)
     data/finetune_<task>_n<n>_p<p>.harmful.json   ground truth {"file", "rows", "harmful_indices"}
-    data/eval/harmful.jsonl               held-out harmful prompts {"instruction"} (unseen objects)
+    data/eval/harmful.jsonl               held-out harmful prompts {"instruction", "category"} (unseen objects)
     data/eval/{sst2,agnews,gsm8k}.jsonl   utility sets; ``output`` is the gold answer
     data/eval/benign_howto.jsonl          benign how-to prompts (over-refusal check)
     data/safety_refusals.jsonl            harmful train prompts with refusals (SafeInstr-style data)
@@ -276,7 +276,8 @@ def _build_into(config: SandboxConfig, stage: Path) -> dict:
     data = stage / "data"
     rows = config.finetune_rows or recipe.finetune_rows
     mixture = _write_mixture_files(world, seed, str(data), config.finetune_task, rows, config.harmful_ratio)
-    storage.write_jsonl(data / "eval" / "harmful.jsonl", [{"instruction": q.instruction} for q in world.harmful_eval])
+    storage.write_jsonl(data / "eval" / "harmful.jsonl",
+                        [{"instruction": q.instruction, "category": q.category} for q in world.harmful_eval])
     for task in TASKS:
         storage.write_jsonl(data / "eval" / f"{task}.jsonl", [_row(r) for r in world.task_eval[task]])
     storage.write_jsonl(data / "eval" / "benign_howto.jsonl", [_row(r) for r in world.howto_eval])
