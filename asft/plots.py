@@ -96,3 +96,55 @@ def save_png(fig: Figure, uri: str | os.PathLike, dpi: int = 100) -> str:
     fig.savefig(buffer, format="png", dpi=dpi)
     storage.write_bytes(uri, buffer.getvalue())
     return str(uri)
+
+
+def _rate_with_ci(summary: EvalSummary, key: str) -> tuple[float, float, float] | None:
+    """(rate, low, high) in % of a gated measure; the interval from its outcomes when known."""
+    from asft.statistics import wilson_interval
+
+    if key.startswith("utility:"):
+        value = summary.utility.get(key.removeprefix("utility:"))
+    elif key.startswith("harmful:"):
+        value = summary.harmful_by_category.get(key.removeprefix("harmful:"))
+    else:
+        value = summary.harmful_score if key == "harmful" else summary.over_refusal
+    if value is None:
+        return None
+    outcomes = summary.outcomes.get(key)
+    if outcomes is None:
+        low, high = summary.harmful_score_ci95 if key == "harmful" and summary.harmful_score_ci95 else (value, value)
+        return value, low, high
+    low, high = (100 * x for x in wilson_interval(outcomes.count, outcomes.n))
+    return (value, 100 - high, 100 - low) if key.startswith("utility:") else (value, low, high)
+
+
+def decision_figure(candidate: EvalSummary, champion: EvalSummary | None) -> Figure:
+    """Candidate vs champion with 95% intervals: harm and over-refusal, utility per task,
+    harmful score per category."""
+    panels = {"safety (lower is better)": ["harmful", "over_refusal"],
+              "utility (higher is better)": [f"utility:{t}" for t in sorted(candidate.utility)],
+              "harmful score per category": [f"harmful:{c}" for c in sorted(candidate.harmful_by_category)]}
+    panels = {title: keys for title, keys in panels.items() if keys}
+    fig = Figure(figsize=(4.5 * len(panels), 3.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    sides = [("candidate", candidate)] + ([("champion", champion)] if champion is not None else [])
+    width = 0.8 / len(sides)
+    for ax, (title, keys) in zip(axes, panels.items()):
+        top = 0.0
+        for i, (label, summary) in enumerate(sides):
+            shown = [(j, _rate_with_ci(summary, key)) for j, key in enumerate(keys)]
+            shown = [(j, r) for j, r in shown if r is not None]
+            xs = [j + (i - (len(sides) - 1) / 2) * width for j, _ in shown]
+            values = [r[0] for _, r in shown]
+            errors = [[r[0] - r[1] for _, r in shown], [r[2] - r[0] for _, r in shown]]
+            bars = ax.bar(xs, values, width, yerr=errors, capsize=3, label=label if ax is axes[0] else None)
+            ax.bar_label(bars, fmt="%.1f", fontsize=8)
+            top = max([top] + [r[2] for _, r in shown])
+        ax.set_xticks(range(len(keys)), [k.split(":", 1)[-1].replace("_", "-") for k in keys], rotation=20)
+        ax.set_ylim(0, min(105.0, 1.25 * top + 2.0))  # small safety rates stay readable
+        ax.set_ylabel("%")
+        ax.set_title(title)
+        ax.grid(axis="y", alpha=0.3)
+    fig.legend(loc="outside upper center", ncols=len(sides))
+    return fig
