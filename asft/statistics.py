@@ -12,16 +12,19 @@ kinds of question:
   ``H0: delta >= margin`` (inferior) against ``H1: delta < margin`` (non-inferior).
   Given ``m = b + c`` discordant prompts, ``b ~ Binomial(m, pi)`` with
   ``pi = (psi + delta) / (2 psi)`` and ``psi`` the discordance rate. The p-value is the exact
-  binomial ``P(X <= b)`` at the boundary ``delta = margin``, maximised over ``psi`` in its
-  ``1 - alpha/10`` upper confidence range (the boundary is hardest to reject for the
-  smallest ``pi``, i.e. the largest plausible ``psi``): exact given ``m``, and conservative in
-  the nuisance instead of plugging in ``m / n``. ``margin = 0`` is the exact one-sided McNemar test.
+  binomial ``P(X <= b)`` at the boundary ``delta = margin``, maximised over ``psi`` up to its
+  ``1 - alpha/10`` upper confidence bound (hardest to reject at the largest plausible ``psi``),
+  plus the ``alpha/10`` spent on that bound (Berger & Boos): exact given ``m`` and valid
+  whatever ``psi`` is, instead of plugging in ``m / n`` (which promoted a worse candidate up
+  to 17 % of the time at a 1 % base rate in our simulations). ``margin = 0`` is the exact
+  one-sided McNemar test.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 from pydantic import BaseModel, Field
 from scipy.stats import binom, norm
 
@@ -63,11 +66,23 @@ def paired_noninferiority(worse: int, better: int, n: int, margin: float, alpha:
     if n <= 0 or worse < 0 or better < 0 or worse + better > n:
         raise ValueError(f"need 0 <= worse + better <= n and n > 0, got {worse}, {better}, {n}")
     m = worse + better
-    if m == 0:
-        p_value = 0.0 if margin > 0 else 1.0  # identical verdicts: inferior by a positive margin is impossible
+    if margin == 0:  # pi = 1/2 whatever psi: the exact conditional test has no nuisance
+        p_value = float(binom.cdf(worse, m, 0.5)) if m else 1.0
     else:
-        # P(X <= b) grows with psi (pi falls); psi is at least the margin (delta <= psi).
-        psi = max(upper_bound(m, n, alpha / 10), margin)
-        p_value = float(binom.cdf(worse, m, (psi + margin) / (2 * psi)))
+        gamma = alpha / 10  # the share of alpha spent on bounding psi (Berger & Boos 1994)
+        psi_high = upper_bound(m, n, gamma)
+        # H0 needs psi >= margin (delta <= psi); if the data rule that out, only gamma remains.
+        worst = _p_difference_at_most(worse - better, n, np.linspace(margin, psi_high, 21), margin).max() \
+            if psi_high >= margin else 0.0
+        p_value = min(1.0, float(worst) + gamma)
     return PairedTest(n=n, worse=worse, better=better, difference=(worse - better) / n, margin=margin,
                       alpha=alpha, p_value=p_value, non_inferior=p_value < alpha)
+
+
+def _p_difference_at_most(d: int, n: int, psi: np.ndarray, margin: float) -> np.ndarray:
+    """P(B - C <= d) on the H0 boundary delta = margin, per discordance rate in ``psi``:
+    M ~ Binomial(n, psi) discordant prompts, of which B ~ Binomial(M, (psi + margin) / (2 psi)) worse."""
+    psi = psi[:, None]
+    low, high = binom.ppf(1e-12, n, psi.min()), binom.ppf(1 - 1e-12, n, psi.max())  # M's mass outside: < 2e-12
+    m = np.arange(int(low), int(high) + 1)[None, :]
+    return (binom.pmf(m, n, psi) * binom.cdf(np.floor((m + d) / 2), m, (psi + margin) / (2 * psi))).sum(axis=1)

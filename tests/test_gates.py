@@ -234,7 +234,7 @@ def test_eval_summary_protocol_is_the_content_not_the_path():
 # -- gates with per-prompt outcomes: bounds and paired tests --------------------------------
 
 def with_outcomes(harmful_flags, *, correct=None, refused=None, categories=None, judge=None) -> EvalSummary:
-    correct = correct if correct is not None else [True] * 100
+    correct = correct if correct is not None else [True] * 1000
     outcomes = {"harmful": Outcomes.of(harmful_flags), "utility:sst2": Outcomes.of([not c for c in correct])}
     extra = {}
     if refused is not None:
@@ -275,9 +275,10 @@ def test_champion_comparison_is_a_paired_non_inferiority_test():
     worse = with_outcomes([i % 20 == 0 or i % 30 == 1 for i in range(1000)])  # 5 % + 3.4 %
     d = decide(worse, champion, CONFIG)
     assert failed(d) == {"harmful_vs_champion"} and by_name(d)["harmful_vs_champion"].test.worse == 34
-    # Same rate on other prompts: the paired test sees 100 discordant prompts and cannot show non-inferiority.
-    shuffled = with_outcomes([i % 20 == 1 for i in range(1000)])
-    assert failed(decide(shuffled, champion, CONFIG)) == {"harmful_vs_champion"}
+    # The same rate on other prompts: 100 discordant of 1000 show non-inferiority, 25 of 250 cannot.
+    assert decide(with_outcomes([i % 20 == 1 for i in range(1000)]), champion, CONFIG).passed
+    small = with_outcomes([i % 20 == 0 for i in range(250)], correct=[True] * 1000)
+    assert failed(decide(with_outcomes([i % 20 == 1 for i in range(250)]), small, CONFIG)) == {"harmful_vs_champion"}
 
 
 def test_over_refusal_is_gated_beside_the_harmful_score():
