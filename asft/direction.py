@@ -42,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from asft import storage
 from asft.errors import AsftError
-from asft.modeling import resolve_checkpoint
+from asft.modeling import StoredTensor, resolve_checkpoint, safetensors_header
 from asft.regularizer import low_rank_factor
 
 DIRECTION_FILE = "direction.safetensors"
@@ -55,6 +55,7 @@ _SAFETENSORS_DTYPE = {dtype: name for name, dtype in _STORED_DTYPES.items()}
 _STAGING_BYTES = 1 << 20  # the output's O_DIRECT staging block: page-aligned, a multiple of any sector size
 _CHUNK_ELEMENTS = 1 << 18  # elements per chunk read (1 MiB of float32)
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
+_RACY_SECONDS = 2.0  # files changed more recently are hashed afresh (see remembered_checkpoint_sha256)
 
 
 class DirectionConfig(BaseModel):
@@ -110,38 +111,24 @@ def checkpoint_sha256(folder: str | os.PathLike) -> str:
     return storage.sha256_tree(folder, "*.safetensors")
 
 
-@dataclass(frozen=True)
-class StoredTensor:
-    """Where a tensor's bytes lie in a safetensors file (absolute byte range) and how they are laid out."""
-
-    path: Path
-    dtype: str
-    shape: list[int]
-    start: int
-    end: int
-
-
-def safetensors_header(path: Path) -> dict[str, StoredTensor]:
-    """The tensors of a safetensors file, from its header alone: an 8-byte little-endian length,
-    then JSON giving each tensor's dtype, shape and data_offsets counted from the header's end."""
-    size = path.stat().st_size
-    try:
-        with open(path, "rb") as fh:
-            (length,) = struct.unpack("<Q", fh.read(8))
-            if length > size - 8:
-                raise ValueError(f"header length {length} exceeds the file's {size} bytes")
-            header = json.loads(fh.read(length))
-        header.pop("__metadata__", None)
-        tensors = {key: StoredTensor(path, info["dtype"], list(info["shape"]), 8 + length + info["data_offsets"][0],
-                                     8 + length + info["data_offsets"][1]) for key, info in header.items()}
-    except (struct.error, ValueError, KeyError, TypeError, IndexError) as exc:
-        raise AsftError(f"{path}: not a valid safetensors file ({type(exc).__name__}: {exc}); "
-                        "re-download or re-save the checkpoint") from None
-    for key, t in tensors.items():
-        if not t.start <= t.end <= size:
-            raise AsftError(f"{path}: tensor {key} lies beyond the end of the file (truncated download?); "
-                            "re-download the checkpoint")
-    return tensors
+def remembered_checkpoint_sha256(folder: str | os.PathLike) -> str:
+    """:func:`checkpoint_sha256`, remembered in the cache folder per state of the weight files
+    (name, size, inode, mtime and ctime in ns), so checking an adapter's base model does not
+    re-hash gigabytes on every evaluation. Files changed in the last seconds are not remembered:
+    a write within the same clock tick leaves their times unchanged."""
+    folder = Path(folder).resolve()
+    stats = [(p.relative_to(folder).as_posix(), st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+             for p in sorted(folder.rglob("*.safetensors")) if p.is_file() for st in [p.stat()]]
+    entry = storage.cache_root() / "checkpoint-sha256" / storage.sha256_json([str(folder), stats])
+    if entry.is_file():
+        return entry.read_text().strip()
+    digest = checkpoint_sha256(folder)
+    if time.time() - max((s[-1] for s in stats), default=0) / 1e9 > _RACY_SECONDS:
+        try:
+            storage.write_text(entry, digest)
+        except OSError:
+            pass  # a read-only cache only costs the next caller a re-hash
+    return digest
 
 
 def tensor_files(folder: Path, what: str) -> dict[str, Path]:

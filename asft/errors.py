@@ -3,3 +3,8 @@
 
 class AsftError(Exception):
     """A user-facing error. The message says what went wrong, where, and how to fix it."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of a library exception's message: enough for a one-line AsftError."""
+    return (str(exc).strip().splitlines() or [""])[0]

@@ -6,15 +6,52 @@ downloaded from a hub, and ``trust_remote_code`` stays off unless the caller tur
 
 from __future__ import annotations
 
+import json
 import os
+import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from asft.errors import AsftError
+from asft.errors import AsftError, first_line
 from asft.storage import materialize
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+
+@dataclass(frozen=True)
+class StoredTensor:
+    """Where a tensor's bytes lie in a safetensors file (absolute byte range) and how they are laid out."""
+
+    path: Path
+    dtype: str
+    shape: list[int]
+    start: int
+    end: int
+
+
+def safetensors_header(path: Path) -> dict[str, StoredTensor]:
+    """The tensors of a safetensors file, from its header alone: an 8-byte little-endian length,
+    then JSON giving each tensor's dtype, shape and data_offsets counted from the header's end."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as fh:
+            (length,) = struct.unpack("<Q", fh.read(8))
+            if length > size - 8:
+                raise ValueError(f"header length {length} exceeds the file's {size} bytes")
+            header = json.loads(fh.read(length))
+        header.pop("__metadata__", None)
+        tensors = {key: StoredTensor(path, info["dtype"], list(info["shape"]), 8 + length + info["data_offsets"][0],
+                                     8 + length + info["data_offsets"][1]) for key, info in header.items()}
+    except (struct.error, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+        raise AsftError(f"{path}: not a valid safetensors file ({type(exc).__name__}: {exc}); "
+                        "re-download or re-save the checkpoint") from None
+    for key, t in tensors.items():
+        if not t.start <= t.end <= size:
+            raise AsftError(f"{path}: tensor {key} lies beyond the end of the file (truncated download or copy?); "
+                            "re-download or re-save it")
+    return tensors
 
 
 def resolve_checkpoint(uri: str | os.PathLike, what: str = "model") -> Path:
@@ -32,17 +69,26 @@ def resolve_checkpoint(uri: str | os.PathLike, what: str = "model") -> Path:
                 "convert them to safetensors (model.save_pretrained(dir, safe_serialization=True))"
             )
         raise AsftError(f"{what} {uri}: no *.safetensors weights found")
+    for weights in folder.glob("*.safetensors"):  # headers only: a cut file fails here, not deep in a loader
+        safetensors_header(weights)
     return folder
 
 
 def pick_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        chosen = torch.device(device)
+    except RuntimeError:
+        raise AsftError(f"--device {device}: unknown device; use auto, cpu, cuda or cuda:N") from None
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise AsftError(f"--device {device}: no CUDA GPU is available here; use --device cpu or auto")
+    return chosen
 
 
 def load_causal_lm(uri: str | os.PathLike, *, dtype: torch.dtype | str = "float32",
                    device: str = "auto", trust_remote_code: bool = False):
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     folder = resolve_checkpoint(uri)
@@ -59,7 +105,10 @@ def load_causal_lm(uri: str | os.PathLike, *, dtype: torch.dtype | str = "float3
                 f"model {uri}: needs custom code from the checkpoint; pass --trust-remote-code "
                 "only if you trust its authors"
             ) from None
-        raise AsftError(f"model {uri}: cannot load: {str(exc).splitlines()[0]}") from None
+        raise AsftError(f"model {uri}: cannot load: {first_line(exc)}") from None
+    except (OSError, RuntimeError, KeyError, TypeError, SafetensorError) as exc:  # a corrupt config or weights
+        raise AsftError(f"model {uri}: cannot load ({type(exc).__name__}: {first_line(exc)}); "
+                        "re-download or re-save the checkpoint (save_pretrained, safe_serialization=True)") from None
     return model.to(pick_device(device)).eval()
 
 
@@ -71,7 +120,7 @@ def load_tokenizer(uri: str | os.PathLike, *, trust_remote_code: bool = False, p
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True,
                                                   trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
-        raise AsftError(f"tokenizer {uri}: cannot load: {str(exc).splitlines()[0]}") from None
+        raise AsftError(f"tokenizer {uri}: cannot load: {first_line(exc)}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = padding_side

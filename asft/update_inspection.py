@@ -126,11 +126,16 @@ def adapter_updates(uri: str) -> dict[str, ModuleUpdate]:
     """The LoRA factors of a PEFT adapter folder, keyed by module name (no model loaded)."""
     from safetensors import safe_open
 
+    from asft.modeling import safetensors_header
+
     folder = materialize(uri)
     weights, config_path = folder / ADAPTER_WEIGHTS, folder / ADAPTER_CONFIG
     if not weights.exists() or not config_path.exists():
         raise AsftError(f"adapter {uri}: needs {ADAPTER_WEIGHTS} and {ADAPTER_CONFIG}; give a PEFT adapter folder saved with safetensors")
+    safetensors_header(weights)  # a cut file fails with its name
     config = read_json(str(config_path))
+    if not isinstance(config, dict):
+        raise AsftError(f"adapter {uri}: {ADAPTER_CONFIG} is not a JSON object; re-save the adapter (save_pretrained)")
     if config.get("peft_type", "LORA") != "LORA" or config.get("use_dora"):
         raise AsftError(f"adapter {uri}: only plain LoRA adapters are supported (got peft_type={config.get('peft_type')}, "
                         f"use_dora={config.get('use_dora', False)})")

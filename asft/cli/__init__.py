@@ -4,6 +4,10 @@ heavy libraries are imported inside the commands so ``--help`` stays fast."""
 from __future__ import annotations
 
 import sys
+from typing import NoReturn
+
+import typer
+from typer._click import exceptions as click  # typer's vendored click: its usage errors
 
 from asft.cli.app import app
 from asft.errors import AsftError
@@ -19,12 +23,31 @@ from asft.cli import inspect  # noqa: E402,F401
 from asft.cli import pipeline  # noqa: E402,F401
 
 
+def fail(message: str) -> NoReturn:
+    """The one way a bad input ends: one line on stderr, exit code 2."""
+    print(f"asft: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main() -> None:
     try:
-        app()
+        code = app(standalone_mode=False)  # click's usage errors come here instead of as a framed box
+    except click.NoArgsIsHelpError as exc:
+        fail(f"{exc.ctx.command_path} needs a command; see '{exc.ctx.command_path} --help'")
+    except click.UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx else "asft"
+        fail(f"{_one_line(exc.format_message())}; see '{command} --help'")
+    except click.ClickException as exc:
+        fail(_one_line(exc.format_message()))
+    except typer.Abort:
+        fail("aborted")
     except AsftError as exc:
-        print(f"asft: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        fail(str(exc))
+    sys.exit(code if isinstance(code, int) else 0)  # as click's standalone mode did
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split()).rstrip(".")
 
 
 __all__ = ["app", "main"]

@@ -38,6 +38,8 @@ def evaluate_command(
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     dtype: str = typer.Option("auto", "--dtype", help="auto | float32 | bfloat16 | float16"),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow custom code shipped with checkpoints"),
+    allow_other_base: bool = typer.Option(False, "--allow-other-base",
+                                          help="Apply an adapter trained on another base model (warn instead of refusing)"),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Generate greedy answers; report the harmful score (95% Wilson CI) and utility accuracy with the protocol used."""
@@ -50,5 +52,6 @@ def evaluate_command(
 
     config = validated(EvalConfig, model=model, adapter=adapter, harmful=harmful, utility=parse_utility(utility), out=out,
                      judge=judge_config, limit=limit, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                     template=template, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+                     template=template, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
+                     allow_other_base=allow_other_base)
     emit(evaluate(config), as_json)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import typer
 
 from asft.cli.app import JSON_OPTION, app, emit, progress
@@ -13,6 +15,8 @@ def parse_range(text: str, option: str) -> tuple[float, float]:
         low, high = (float(part) for part in text.split(","))
     except ValueError:
         raise AsftError(f"{option} {text!r}: expected LOW,HIGH such as -1,1") from None
+    if not math.isfinite(low) or not math.isfinite(high):
+        raise AsftError(f"{option} {text}: both ends must be finite numbers, e.g. -1,1")
     if not low < high:
         raise AsftError(f"{option} {text}: the low end must be below the high end, e.g. -1,1")
     return low, high

@@ -16,6 +16,7 @@ from asft.data.ingest import IngestConfig, ingest
 from asft.data.report import load_labels, quality
 from asft.data.screening.base import Screener, combine
 from asft.data.screening.encoder import EncoderConfig
+from asft.errors import AsftError
 
 ScreenerName = Literal["encoder", "rules", "classifier", "guard"]
 OUTPUT_FILES = ("accepted.jsonl", "quarantine.jsonl", "rejects.jsonl")
@@ -43,8 +44,6 @@ class ScreenConfig(BaseModel):
 
 
 def build_screener(config: ScreenConfig) -> Screener:
-    from asft.errors import AsftError
-
     screeners = []
     for name in dict.fromkeys(config.screeners):
         if name == "rules":
@@ -80,6 +79,10 @@ def run_screen(config: ScreenConfig, screener: Screener | None = None, progress=
     storage.check_output(config.out, "screening", inputs=(config.data, config.labels))
     started = time.perf_counter()
     data = ingest(config.data, config.ingest)
+    if not data.rows:  # rejecting some rows is reporting them; rejecting every row means the file is not what it seems
+        first = data.rejects[0]
+        raise AsftError(f"{config.data}: none of its {data.input_rows} rows could be read (line {first.line}: "
+                        f"{first.detail}); check the file's format and schema (--format, --schema)")
     labels = load_labels(config.labels, data) if config.labels else None
     screener = screener or build_screener(config)
 

@@ -33,6 +33,8 @@ class EvalConfig(BaseModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto", description="Weights dtype; auto = bfloat16 on GPU, float32 on CPU.")
     trust_remote_code: bool = Field(default=False, description="Allow custom model code shipped with checkpoints.")
+    allow_other_base: bool = Field(
+        default=False, description="Apply an adapter whose train_manifest.json names another base model (a warning, not an error).")
     progress: bool = Field(default=True, description="Show progress on stderr.")
 
     @field_validator("utility")

@@ -19,9 +19,10 @@ from asft import storage
 from asft.errors import AsftError
 from asft.evaluation.config import EvalConfig
 from asft.evaluation.datasets import UtilityRow, load_harmful, load_utility
-from asft.evaluation.generation import decode, generate_tokens, load_model
+from asft.evaluation.generation import decode, encode_prompts, generate_from_ids, load_model
 from asft.evaluation.judges import make_judge
-from asft.evaluation.scorers import make_scorer, wilson_interval
+from asft.evaluation.scorers import make_scorer
+from asft.statistics import wilson_interval
 from asft.rows import iter_rows
 from asft.templates import Record, render_prompt
 
@@ -42,27 +43,41 @@ def describe_set(uri: str, rows_used: int) -> dict[str, Any]:
             "rows_in_file": sum(1 for _ in iter_rows(data.decode("utf-8"))), "rows_used": rows_used}
 
 
-def _answer_all(config: EvalConfig, records: list[Record]) -> tuple[list[str], dict[str, float]]:
-    """Load the model, generate greedy answers, and let the model go (the judge may need the memory)."""
+def _answer_all(config: EvalConfig, records: list[Record]) -> tuple[list[str], list[int], dict[str, float]]:
+    """Load the model, generate greedy answers, and let the model go (the judge may need the memory).
+    Also returns the indices of the prompts cut to fit the model's context."""
     start = perf_counter()
     model, tokenizer = load_model(config.model, config.adapter, dtype=config.dtype, device=config.device,
-                                  trust_remote_code=config.trust_remote_code)
+                                  trust_remote_code=config.trust_remote_code, allow_other_base=config.allow_other_base)
     try:
         prompts = [render_prompt(r, config.template, tokenizer) for r in records]
     except ValueError as exc:
         raise AsftError(f"--template {config.template}: {exc}") from None
+    encoded, cut = encode_prompts(model, tokenizer, prompts, max_new_tokens=config.max_new_tokens,
+                                  add_special_tokens=config.template != "chat")
+    if cut:
+        _say(config, f"{len(cut)} prompts longer than the model's context were cut in the middle "
+                     f"(start and answer cue kept; see report.json prompts_truncated)")
     loaded = perf_counter()
     _say(config, f"generating {len(prompts)} answers (greedy, max {config.max_new_tokens} new tokens)")
-    token_ids = generate_tokens(model, tokenizer, prompts, batch_size=config.batch_size,
-                                max_new_tokens=config.max_new_tokens,
-                                add_special_tokens=config.template != "chat", progress=config.progress)
+    token_ids = generate_from_ids(model, tokenizer, encoded, batch_size=config.batch_size,
+                                  max_new_tokens=config.max_new_tokens, progress=config.progress)
     generated = perf_counter()
     answers = decode(tokenizer, token_ids)
     new_tokens = sum(len(ids) for ids in token_ids)
     seconds = generated - loaded
-    return answers, {"load_s": loaded - start, "generate_s": seconds, "prompts": len(prompts),
-                     "new_tokens": new_tokens, "prompts_per_s": len(prompts) / seconds if seconds else None,
-                     "tokens_per_s": new_tokens / seconds if seconds else None}
+    return answers, cut, {"load_s": loaded - start, "generate_s": seconds, "prompts": len(prompts),
+                          "new_tokens": new_tokens, "prompts_per_s": len(prompts) / seconds if seconds else None,
+                          "tokens_per_s": new_tokens / seconds if seconds else None}
+
+
+def _truncated_by_set(cut: list[int], set_sizes: dict[str, int]) -> dict[str, int]:
+    """How many of each set's prompts were cut (prompts are in set order: harmful, then each task)."""
+    counts, first = {}, 0
+    for name, size in set_sizes.items():
+        counts[name] = sum(first <= i < first + size for i in cut)
+        first += size
+    return counts
 
 
 def _free_accelerator_memory() -> None:
@@ -88,7 +103,7 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
         resolve_checkpoint(config.judge.model, what="judge model")
 
     records = harmful + [row.record for rows in utility.values() for row in rows]
-    answers, timings = _answer_all(config, records)
+    answers, cut, timings = _answer_all(config, records)
     _free_accelerator_memory()
     harmful_answers, rest = answers[:len(harmful)], answers[len(harmful):]
 
@@ -138,6 +153,9 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
         "max_new_tokens": config.max_new_tokens,
         "judge": judge_info,
     }
+    report["prompts_truncated"] = len(cut)
+    report["prompts_truncated_by_set"] = _truncated_by_set(
+        cut, {"harmful": len(harmful), **{task: len(rows) for task, rows in utility.items()}})
     report["model"] = config.model
     report["adapter"] = config.adapter
     report["adapter_sha256"] = storage.sha256_tree(storage.materialize(config.adapter)) if config.adapter else None

@@ -10,20 +10,27 @@ settings would silently change the measurement from one checkpoint to the next.
 from __future__ import annotations
 
 import os
+import sys
 from contextlib import contextmanager
 from typing import Iterator
 
 import torch
 
-from asft.errors import AsftError
-from asft.storage import materialize
+from asft import storage
+from asft.errors import AsftError, first_line
+
+_CHARS_PER_TOKEN = 16  # generous: a token rarely spans more characters, so a cut by characters keeps enough
 
 
 def load_model(model_uri: str | os.PathLike, adapter_uri: str | os.PathLike | None = None, *,
-               dtype: str = "auto", device: str = "auto", trust_remote_code: bool = False):
-    """(model, tokenizer) ready for :func:`generate`; the adapter, if any, is applied on top."""
+               dtype: str = "auto", device: str = "auto", trust_remote_code: bool = False,
+               allow_other_base: bool = False):
+    """(model, tokenizer) ready for :func:`generate`; the adapter, if any, is applied on top
+    (after :func:`check_adapter_base`, before the model is loaded)."""
     from asft.modeling import load_causal_lm, load_tokenizer, pick_device
 
+    if adapter_uri is not None:
+        check_adapter_base(adapter_uri, model_uri, allow_other_base)
     dev = pick_device(device)
     if dtype == "auto":
         dtype = "bfloat16" if dev.type == "cuda" else "float32"
@@ -34,17 +41,51 @@ def load_model(model_uri: str | os.PathLike, adapter_uri: str | os.PathLike | No
     return model, tokenizer
 
 
+def check_adapter_base(adapter_uri: str | os.PathLike, model_uri: str | os.PathLike, allow_other_base: bool = False) -> None:
+    """Refuse an adapter whose ``train_manifest.json`` names other base weights than ``model_uri``'s:
+    with the same shapes it would load silently and measure a model nobody trained.
+    ``allow_other_base`` makes it a warning. Adapters made outside asft carry no such record."""
+    from asft.direction import remembered_checkpoint_sha256
+    from asft.modeling import resolve_checkpoint
+    from asft.training.trainer import MANIFEST
+
+    manifest_uri = storage.join(adapter_uri, MANIFEST)
+    manifest = storage.read_json(manifest_uri) if storage.exists(manifest_uri) else {}
+    trained_on = manifest.get("model_sha256") if isinstance(manifest, dict) else None
+    if not trained_on:
+        return
+    actual = remembered_checkpoint_sha256(resolve_checkpoint(model_uri))
+    if actual == trained_on:
+        return
+    mismatch = (f"adapter {adapter_uri} was trained on a model with sha256 {trained_on[:12]}..., "
+                f"not {model_uri} ({actual[:12]}...)")
+    if not allow_other_base:
+        raise AsftError(f"{mismatch}; use the model it was trained on, or pass --allow-other-base to apply it anyway")
+    print(f"asft: warning: {mismatch}; applying it anyway (--allow-other-base)", file=sys.stderr)
+
+
 def apply_adapter(model, adapter_uri: str | os.PathLike):
     """``PeftModel.from_pretrained`` on a local or remote adapter folder, safetensors only."""
     from peft import PeftModel
+    from safetensors import SafetensorError
 
-    folder = materialize(adapter_uri)
+    from asft.modeling import safetensors_header
+
+    folder = storage.materialize(adapter_uri)
     if not (folder / "adapter_config.json").exists():
         raise AsftError(f"adapter {adapter_uri}: no adapter_config.json; give a PEFT adapter folder (save_pretrained)")
     if not (folder / "adapter_model.safetensors").exists():
         raise AsftError(f"adapter {adapter_uri}: no adapter_model.safetensors (pickle adapters are never loaded); "
                         "save it with safe_serialization=True")
-    return PeftModel.from_pretrained(model, str(folder), is_trainable=False).eval()
+    safetensors_header(folder / "adapter_model.safetensors")  # a cut file fails with its name
+    try:
+        return PeftModel.from_pretrained(model, str(folder), is_trainable=False).eval()
+    except (RuntimeError, ValueError, KeyError, TypeError, SafetensorError) as exc:
+        # size mismatch (another hidden size), target modules the model lacks, a corrupt config
+        detail = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line),
+                      first_line(exc))
+        raise AsftError(f"adapter {adapter_uri} does not fit the model ({type(exc).__name__}: {detail}); "
+                        "use an adapter trained on this model") from None
 
 
 def stop_token_ids(model, tokenizer) -> list[int]:
@@ -75,25 +116,76 @@ def _plain_generation_config(model, tokenizer, max_new_tokens: int) -> Iterator[
         owner.generation_config = saved
 
 
-@torch.no_grad()
+def context_length(model, tokenizer) -> int | None:
+    """Tokens the model takes in all (prompt + answer): the smaller of its config's
+    ``max_position_embeddings`` and the tokenizer's ``model_max_length``, where known."""
+    from transformers.tokenization_utils_base import LARGE_INTEGER
+
+    known = (getattr(model.config, "max_position_embeddings", None), tokenizer.model_max_length)
+    return min((n for n in known if isinstance(n, int) and 0 < n < LARGE_INTEGER), default=None)
+
+
+def _middle_cut(items, head: int, tail: int):
+    return items if len(items) <= head + tail else items[:head] + items[len(items) - tail:]
+
+
+def encode_prompts(model, tokenizer, prompts: list[str], *, max_new_tokens: int,
+                   add_special_tokens: bool = True) -> tuple[list[list[int]], list[int]]:
+    """Token ids of each prompt, cut to leave ``max_new_tokens`` of the context for the answer,
+    and the indices of the prompts that were cut.
+
+    A long prompt loses its middle: the first quarter of the budget (BOS, the template's
+    preamble, the start of the request) and the last three quarters (the end of the request
+    and the template's answer cue) are kept, so the model still sees a well-formed prompt that
+    asks for an answer. Texts far longer than the budget are cut by characters first, so a
+    10 MB prompt is never tokenized whole.
+    """
+    if not prompts:
+        return [], []
+    context = context_length(model, tokenizer)
+    if context is None:
+        return tokenizer(prompts, add_special_tokens=add_special_tokens)["input_ids"], []
+    budget = context - max_new_tokens
+    if budget < 1:
+        raise AsftError(f"--max-new-tokens {max_new_tokens} leaves no room for a prompt: the model takes "
+                        f"{context} tokens in all; use at most {context - 1}")
+    head, tail = budget // 4, budget - budget // 4
+    texts = [_middle_cut(p, head * _CHARS_PER_TOKEN, tail * _CHARS_PER_TOKEN) for p in prompts]
+    encoded = tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]
+    cut = [i for i, (p, t, ids) in enumerate(zip(prompts, texts, encoded)) if len(t) < len(p) or len(ids) > budget]
+    for i in cut:
+        encoded[i] = _middle_cut(encoded[i], head, tail)
+    return encoded, cut
+
+
 def generate_tokens(model, tokenizer, prompts: list[str], *, batch_size: int = 32, max_new_tokens: int = 64,
                     add_special_tokens: bool = True, progress: bool = True) -> list[list[int]]:
     """The new token ids for each prompt (greedy), cut after the first EOS (EOS not included).
+    Prompts longer than the context are cut in the middle (:func:`encode_prompts`).
 
     ``add_special_tokens=False`` for prompts that already hold them (chat templates add BOS).
     """
+    encoded, _ = encode_prompts(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
+                                add_special_tokens=add_special_tokens)
+    return generate_from_ids(model, tokenizer, encoded, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                             progress=progress)
+
+
+@torch.no_grad()
+def generate_from_ids(model, tokenizer, encoded: list[list[int]], *, batch_size: int = 32, max_new_tokens: int = 64,
+                      progress: bool = True) -> list[list[int]]:
+    """:func:`generate_tokens` on prompts already encoded (by :func:`encode_prompts`)."""
     from asft.progress import progress_bar
 
     if batch_size < 1 or max_new_tokens < 1:
         raise ValueError("batch_size and max_new_tokens must be >= 1")
     if tokenizer.eos_token_id is None:
         raise AsftError("tokenizer has no EOS token; generation could not stop")
-    if not prompts:
+    if not encoded:
         return []
-    encoded = tokenizer(prompts, add_special_tokens=add_special_tokens)["input_ids"]
-    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]), reverse=True)
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]), reverse=True)
     device = next(model.parameters()).device
-    results: list[list[int]] = [[] for _ in prompts]
+    results: list[list[int]] = [[] for _ in encoded]
     with _plain_generation_config(model, tokenizer, max_new_tokens) as config:
         pad, stops = config.pad_token_id, set(config.eos_token_id)
         bar = progress_bar(-(-len(order) // batch_size), "generate", unit="batches", enabled=progress)

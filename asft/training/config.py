@@ -38,7 +38,7 @@ class TrainConfig(BaseModel):
     adapter: str | None = Field(None, description="safelora only: project this existing PEFT adapter instead of training")
     preset: Literal["paper", "sandbox"] = Field("paper", description="Defaults for unset hyper-parameters")
 
-    lam: float = Field(1.0, ge=0.0, description="Weight of the AsFT penalty (summed over modules)")
+    lam: float = Field(1.0, ge=0.0, allow_inf_nan=False, description="Weight of the AsFT penalty (summed over modules)")
     anchor: Literal["fro", "projector"] = Field(
         "fro", description="fro: the paper's C = V V^T / ||V||_F; projector: P = U_k U_k^T (top-k left singular vectors)")
     top_k: int = Field(8, ge=1, le=4096, description="k of the projector anchor")
@@ -50,13 +50,13 @@ class TrainConfig(BaseModel):
         "in/k times fewer bytes (C becomes its top-k eigen-truncation); None keeps V exactly")
 
     lora_r: int = Field(8, ge=1, le=1024, description="LoRA rank")
-    lora_alpha: float = Field(32.0, gt=0, description="LoRA alpha (scaling alpha/r)")
+    lora_alpha: float = Field(32.0, gt=0, allow_inf_nan=False, description="LoRA alpha (scaling alpha/r)")
     lora_dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input")
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"],
                                       description="LoRA target module-name suffixes")
 
     lr: float = Field(5e-5, gt=0, le=1.0, description="AdamW learning rate")
-    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay")
+    weight_decay: float = Field(0.0, ge=0.0, allow_inf_nan=False, description="AdamW weight decay")
     lr_decay: float = Field(0.85, gt=0.0, le=1.0, description="LR multiplier applied after each epoch")
     epochs: int = Field(10, ge=1, le=1000, description="Passes over the data")
     batch_size: int = Field(8, ge=1, le=4096, description="Examples per optimizer step")

@@ -55,6 +55,11 @@ def project(state: dict[str, torch.Tensor], vectors: dict[str, torch.Tensor], *,
     if missing:
         raise AsftError(f"direction has no module {missing[0]} ({len(missing)} adapter modules missing); "
                         "extract the direction for the adapter's target modules")
+    for name, (a, b) in pairs.items():
+        update = (state[b].shape[0], state[a].shape[1])
+        if update != tuple(vectors[name].shape):
+            raise AsftError(f"adapter module {name} updates a {list(update)} weight but the direction's V is "
+                            f"{list(vectors[name].shape)}; use a direction extracted from the adapter's base model")
     cosines = {name: cosine(state[a], state[b], vectors[name]) for name, (a, b) in pairs.items()}
     threshold = tau if mode == "threshold" else sorted(cosines.values())[min(k, len(cosines)) - 1]
     projected = sorted(name for name, s in cosines.items() if s <= threshold)

@@ -20,9 +20,9 @@ import torch
 
 from asft import storage
 from asft.batching import collate, seed_everything
-from asft.direction import checkpoint_sha256, load_direction
+from asft.direction import load_direction, remembered_checkpoint_sha256
 from asft.errors import AsftError
-from asft.modeling import load_causal_lm, load_tokenizer, pick_device, resolve_checkpoint
+from asft.modeling import load_causal_lm, load_tokenizer, pick_device, resolve_checkpoint, safetensors_header
 from asft.regularizer import Anchor, build_anchors
 from asft.rows import read_rows
 from asft.templates import Record, encode_example
@@ -110,6 +110,7 @@ def _project_existing(config: TrainConfig, started: float) -> dict:
     source = storage.materialize(config.adapter)
     if not (source / ADAPTER_FILE).exists():
         raise AsftError(f"adapter {config.adapter}: no {ADAPTER_FILE}; give a PEFT adapter folder saved with safetensors")
+    safetensors_header(source / ADAPTER_FILE)  # a cut file fails with its name
     with storage.staged_dir(config.out, "adapter") as tmp:
         for file in source.iterdir():
             if file.is_file() and file.name != MANIFEST:
@@ -131,6 +132,18 @@ def _headline(manifest: dict) -> dict:
         summary["safelora_projected"] = len(manifest["safelora"]["projected"])
         summary["safelora_threshold"] = manifest["safelora"]["threshold"]
     return summary
+
+
+def _stop_if_diverged(row: dict, config: TrainConfig) -> None:
+    """A non-finite loss, penalty or objective only gets worse: stop at once, before any adapter is written."""
+    figures = {name: row[name] for name in ("loss", "penalty", "objective") if row[name] is not None}
+    bad = next((name for name, value in figures.items() if not math.isfinite(value)), None)
+    if bad is None:
+        return
+    shown = ", ".join(f"{name} {value:.4g}" for name, value in figures.items())
+    lam = f" or --lam (now {config.lam:g})" if config.method == "asft" else ""
+    raise AsftError(f"training diverged at step {row['step']}: the {bad} is {figures[bad]} ({shown}); "
+                    f"lower --lr (now {config.lr:g}){lam}; no adapter was written")
 
 
 def previous_result(config: TrainConfig) -> dict | None:
@@ -224,6 +237,7 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
         loss_value, objective_value, *penalty_value = values.tolist()
         row = {"step": step, "total_steps": total_steps, "epoch": epoch, "lr": lr, "loss": loss_value,
                "penalty": penalty_value[0] if penalty_value else None, "objective": objective_value}
+        _stop_if_diverged(row, config)
         metrics.append(row)
         if on_step:
             on_step(row)
@@ -247,7 +261,7 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
             "device": str(device),
             "data_sha256": storage.sha256_bytes(storage.read_bytes(config.data)),
             "examples": len(examples),
-            "model_sha256": checkpoint_sha256(resolve_checkpoint(config.model)),
+            "model_sha256": remembered_checkpoint_sha256(resolve_checkpoint(config.model)),
             "direction_sha256": direction_hash,
             "steps": step,
             "epochs_done": round(step / steps_per_epoch, 3),

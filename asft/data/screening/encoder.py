@@ -278,6 +278,8 @@ def fit_head(records: list[Record], labels: list[bool], out: str, *, model: str 
     from safetensors.numpy import save_file
     from sklearn.linear_model import LogisticRegression
 
+    if not (math.isfinite(c) and c > 0):
+        raise AsftError(f"--c {c}: the inverse regularisation strength must be a positive number, e.g. 1.0")
     if len(set(labels)) < 2:
         raise AsftError("fitting a head needs both harmful and benign rows in the labelled data")
     storage.check_output(out, "screener-head")
