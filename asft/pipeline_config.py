@@ -114,6 +114,19 @@ class PipelineConfig(BaseModel):
         return registry.resolve_tracking_uri()
 
 
+def preflight(config: PipelineConfig) -> None:
+    """Check what can be checked before any work: every given input exists and the artifact
+    root can be written. A UI run and ``asft pipeline`` fail here in seconds, not mid-run."""
+    from asft import storage
+
+    given = {f"inputs.{name}": uri for name, uri in config.inputs.model_dump().items() if isinstance(uri, str)}
+    given.update({f"inputs.utility_eval.{task}": uri for task, uri in config.inputs.utility_eval.items()})
+    for field, uri in given.items():
+        if uri and not storage.exists(uri):
+            raise AsftError(f"{field}: {uri}: no such file or folder; check the path (or leave it empty for the sandbox's)")
+    storage.check_writable(config.artifact_root)
+
+
 def load_pipeline_config(uri: str | None) -> PipelineConfig:
     """The config from a YAML/JSON file, or the embedded default."""
     if uri is None:

@@ -69,6 +69,9 @@ def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
 @functools.lru_cache(maxsize=8)
 def _client(tracking_uri: str):
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # before mlflow is first imported
+    # MLflow writes "View run ... at: URL" to stdout when a run on a tracking server ends,
+    # which would corrupt the JSON summary of `asft pipeline --json`.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     from mlflow import MlflowClient
 
     if not tracking_uri.startswith("sqlite:///"):
