@@ -252,10 +252,14 @@ def _locked(path: Path, blocking: bool = True) -> Iterator[bool]:
 def _clean_stale_stages(parent: Path, name: str) -> None:
     """Remove staging folders of ``name`` whose writer died (a live writer holds its lock)."""
     for stage in parent.glob(f".{glob.escape(name)}.*.tmp"):
-        if stage.is_dir() and not stage.is_symlink():
+        if not stage.is_dir() or stage.is_symlink():
+            continue
+        try:
             with _locked(stage, blocking=False) as got:
                 if got:
                     shutil.rmtree(stage, ignore_errors=True)
+        except FileNotFoundError:
+            pass  # an old copy its writer deleted meanwhile
 
 
 @contextmanager
@@ -279,11 +283,11 @@ def staged_dir(uri: str | os.PathLike, kind: str) -> Iterator[Path]:
     final = local_path(uri).expanduser().absolute()
     parent = final.parent
     parent.mkdir(parents=True, exist_ok=True)
-    with _locked(parent):
+    with _locked(parent):  # a stage is created and marked alive before any cleaner can see it
         _clean_stale_stages(parent, final.name)
         stage = Path(tempfile.mkdtemp(dir=parent, prefix=f".{final.name}.", suffix=".tmp"))
-    hold = os.open(stage, os.O_RDONLY)
-    fcntl.flock(hold, fcntl.LOCK_EX)  # marks the stage as alive for _clean_stale_stages
+        hold = os.open(stage, os.O_RDONLY)
+        fcntl.flock(hold, fcntl.LOCK_EX)  # held until the stage is renamed in or removed
     old = None
     try:
         with _disk_full_is_a_user_error(uri):
