@@ -1,19 +1,10 @@
-"""Padding token sequences into batches, and seeding, shared by every training loop."""
+"""Padding token sequences into batches, shared by every training loop."""
 
 from __future__ import annotations
 
-import random
-
-import numpy as np
 import torch
 
 from asft.templates import IGNORE_INDEX
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def collate(examples: list[dict[str, list[int]]], pad_id: int) -> dict[str, torch.Tensor]:

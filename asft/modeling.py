@@ -6,52 +6,16 @@ downloaded from a hub, and ``trust_remote_code`` stays off unless the caller tur
 
 from __future__ import annotations
 
-import json
 import os
-import struct
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from asft.errors import AsftError, first_line
+from asft.io.safetensors import safetensors_header
 from asft.storage import materialize
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
-
-
-@dataclass(frozen=True)
-class StoredTensor:
-    """Where a tensor's bytes lie in a safetensors file (absolute byte range) and how they are laid out."""
-
-    path: Path
-    dtype: str
-    shape: list[int]
-    start: int
-    end: int
-
-
-def safetensors_header(path: Path) -> dict[str, StoredTensor]:
-    """The tensors of a safetensors file, from its header alone: an 8-byte little-endian length,
-    then JSON giving each tensor's dtype, shape and data_offsets counted from the header's end."""
-    size = path.stat().st_size
-    try:
-        with open(path, "rb") as fh:
-            (length,) = struct.unpack("<Q", fh.read(8))
-            if length > size - 8:
-                raise ValueError(f"header length {length} exceeds the file's {size} bytes")
-            header = json.loads(fh.read(length))
-        header.pop("__metadata__", None)
-        tensors = {key: StoredTensor(path, info["dtype"], list(info["shape"]), 8 + length + info["data_offsets"][0],
-                                     8 + length + info["data_offsets"][1]) for key, info in header.items()}
-    except (struct.error, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
-        raise AsftError(f"{path}: not a valid safetensors file ({type(exc).__name__}: {exc}); "
-                        "re-download or re-save the checkpoint") from None
-    for key, t in tensors.items():
-        if not t.start <= t.end <= size:
-            raise AsftError(f"{path}: tensor {key} lies beyond the end of the file (truncated download or copy?); "
-                            "re-download or re-save it")
-    return tensors
 
 
 def resolve_checkpoint(uri: str | os.PathLike, what: str = "model") -> Path:

@@ -126,7 +126,7 @@ def adapter_updates(uri: str) -> dict[str, ModuleUpdate]:
     """The LoRA factors of a PEFT adapter folder, keyed by module name (no model loaded)."""
     from safetensors import safe_open
 
-    from asft.modeling import safetensors_header
+    from asft.io.safetensors import safetensors_header
 
     folder = materialize(uri)
     weights, config_path = folder / ADAPTER_WEIGHTS, folder / ADAPTER_CONFIG
@@ -156,7 +156,7 @@ def adapter_updates(uri: str) -> dict[str, ModuleUpdate]:
 
 def checkpoint_updates(checkpoint: str, aligned: str, modules: list[str]) -> Iterator[tuple[str, ModuleUpdate]]:
     """``W_ft - W_aligned`` for each module, read one tensor at a time (never a whole model)."""
-    from asft.direction import read_tensor, tensor_files
+    from asft.io.safetensors import read_tensor, tensor_files
     from asft.modeling import resolve_checkpoint
 
     tuned_files = tensor_files(resolve_checkpoint(checkpoint, "checkpoint"), "checkpoint")

@@ -110,8 +110,9 @@ def _child(what: str, aligned: str, base: str, out: str, aligned_sha256: str = "
     """Runs inside the subprocess: one measurement, as JSON on stdout."""
     from safetensors import safe_open
 
-    from asft.direction import (DirectionConfig, checkpoint_sha256, extract_direction, safetensors_header,
-                                select_modules, tensor_files, top_singular_values)
+    from asft.direction import DirectionConfig, extract_direction, select_modules, top_singular_values
+    from asft.io.hashing import checkpoint_sha256
+    from asft.io.safetensors import safetensors_header, tensor_files
 
     files = {side: tensor_files(Path(p), side) for side, p in (("aligned", aligned), ("base", base))}
     keys = [m + ".weight" for m in select_modules(files["aligned"], TARGETS, None)]
@@ -169,7 +170,7 @@ def _measure(what: str, aligned: Path, base: Path, out: Path, hashes: tuple[str,
 
 
 def run(mode: str, device: torch.device, workdir: str | None = None) -> dict:
-    from asft.direction import checkpoint_sha256
+    from asft.io.hashing import checkpoint_sha256
 
     s = SHAPES[mode]
     with tempfile.TemporaryDirectory(prefix="asft-bench-extract-", dir=workdir) as tmp:

@@ -81,7 +81,8 @@ def _sandbox_config(args, sandbox_dir: str):
 
 def _direction(out: Path, sandbox: dict) -> dict:
     """Extract V for q_proj/v_proj once; reuse it while both checkpoints are unchanged."""
-    from asft.direction import DirectionConfig, checkpoint_sha256, extract_direction
+    from asft.direction import DirectionConfig, extract_direction
+    from asft.io.hashing import checkpoint_sha256
 
     folder = out / "direction"
     manifest_path = folder / "manifest.json"

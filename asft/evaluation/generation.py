@@ -45,7 +45,7 @@ def check_adapter_base(adapter_uri: str | os.PathLike, model_uri: str | os.PathL
     """Refuse an adapter whose ``train_manifest.json`` names other base weights than ``model_uri``'s:
     with the same shapes it would load silently and measure a model nobody trained.
     ``allow_other_base`` makes it a warning. Adapters made outside asft carry no such record."""
-    from asft.direction import remembered_checkpoint_sha256
+    from asft.io.hashing import remembered_checkpoint_sha256
     from asft.modeling import resolve_checkpoint
     from asft.training.trainer import MANIFEST
 
@@ -69,7 +69,7 @@ def apply_adapter(model, adapter_uri: str | os.PathLike):
     from peft import PeftModel
     from safetensors import SafetensorError
 
-    from asft.modeling import safetensors_header
+    from asft.io.safetensors import safetensors_header
 
     folder = storage.materialize(adapter_uri)
     if not (folder / "adapter_config.json").exists():

@@ -102,68 +102,84 @@ def write_mixture(sandbox: str, harmful_ratio: float, rows: int | None = None, t
 
 # --- models ---------------------------------------------------------------------------
 
-def _length_bucketed(examples: list[dict], batch_size: int, generator) -> list[list[int]]:
-    """One epoch of batches in random order, each cut from a length-sorted window of
-    16 batches, so right padding wastes little compute."""
-    import torch
+class _LengthBucketed:
+    """Epochs of batches in random order, each cut from a length-sorted window of 16 batches,
+    so right padding wastes little compute; a new epoch is drawn when one is used up."""
 
-    perm = torch.randperm(len(examples), generator=generator).tolist()
-    window = 16 * batch_size
-    batches = []
-    for start in range(0, len(perm), window):
-        chunk = sorted(perm[start:start + window], key=lambda i: len(examples[i]["input_ids"]))
-        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
-    shuffled = torch.randperm(len(batches), generator=generator).tolist()
-    return [batches[i] for i in shuffled]
+    def __init__(self, examples: list[dict], batch_size: int, seed: int):
+        import torch
+
+        self.examples, self.batch_size = examples, batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.order: list[list[int]] = []
+        self.epochs = 0
+
+    def _draw(self) -> list[list[int]]:
+        import torch
+
+        perm = torch.randperm(len(self.examples), generator=self.generator).tolist()
+        window, size = 16 * self.batch_size, self.batch_size
+        batches = []
+        for start in range(0, len(perm), window):
+            chunk = sorted(perm[start:start + window], key=lambda i: len(self.examples[i]["input_ids"]))
+            batches += [chunk[i:i + size] for i in range(0, len(chunk), size)]
+        shuffled = torch.randperm(len(batches), generator=self.generator).tolist()
+        return [batches[i] for i in shuffled]
+
+    def epoch(self, step: int) -> int:
+        return self.epochs - 1
+
+    def indices(self, step: int) -> list[int]:
+        if not self.order:
+            self.order, self.epochs = self._draw(), self.epochs + 1
+        return self.order.pop()
+
+
+class _SmoothedLoss:
+    """Loop hook: an exponential moving average of the loss, read from the device once per
+    50 steps (not once per step) and shown on the progress bar."""
+
+    def __init__(self, steps: int):
+        self.steps, self.value, self.pending = steps, float("nan"), []
+
+    def __call__(self, result) -> None:
+        import torch
+
+        self.pending.append(result.terms.loss.detach())
+        if (result.step - 1) % 50 == 0 or result.step == self.steps:
+            for value in torch.stack(self.pending).tolist():
+                self.value = value if math.isnan(self.value) else 0.95 * self.value + 0.05 * value
+            self.pending.clear()
+            result.postfix["loss"] = f"{self.value:.3f}"
 
 
 def _train(model, examples: list[dict], *, steps: int, batch_size: int, lr: float, seed: int,
            device, pad_id: int, what: str) -> float:
-    """AdamW with linear warmup and cosine decay on randomly drawn batches; returns the last loss."""
+    """Full fine-tuning with the trainer's loop: AdamW with linear warmup and cosine decay on
+    length-bucketed batches, gradients clipped to norm 1; returns the smoothed last loss."""
     import torch
 
-    from asft.batching import collate
-    from asft.progress import progress_bar
+    from asft.training.loop import Loop
 
-    model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
     warmup = max(1, steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup)
-                                                 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / steps))))
-    generator = torch.Generator().manual_seed(seed)
-    order: list[list[int]] = []
-    use_bf16 = device.type == "cuda"
-    smoothed, pending = float("nan"), []
-    bar = progress_bar(steps, f"[sandbox] train {what}", unit="steps")
-    for step in range(steps):
-        if not order:
-            order = _length_bucketed(examples, batch_size, generator)
-        batch = collate([examples[i] for i in order.pop()], pad_id)
-        batch = {k: v.to(device) for k, v in batch.items()}
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            loss = model(**batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        pending.append(loss.detach())
-        if step % 50 == 0 or step == steps - 1:  # one host sync per 50 steps, not one per step
-            for value in torch.stack(pending).tolist():
-                smoothed = value if math.isnan(smoothed) else 0.95 * smoothed + 0.05 * value
-            pending.clear()
-            bar.set_postfix(loss=f"{smoothed:.3f}")
-        bar.update(1)
-    bar.close()
+
+    def lr_at(s: int) -> float:
+        return lr * (min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / steps))))
+
+    smoothed = _SmoothedLoss(steps)
+    loop = Loop(model, optimizer, examples, pad_id, _LengthBucketed(examples, batch_size, seed), lr_at, device,
+                autocast_dtype=torch.bfloat16 if device.type == "cuda" else None, clip_norm=1.0, hooks=[smoothed])
+    loop.run(steps, label=f"[sandbox] train {what}")
     model.eval()
-    return smoothed
+    return smoothed.value
 
 
 def _new_model(recipe: Recipe, tokenizer, seed: int):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from asft.batching import seed_everything
+    from asft.seeding import seed_everything
 
     seed_everything(seed)
     config = LlamaConfig(
@@ -186,8 +202,12 @@ def _save_model(model, tokenizer, folder: Path) -> None:
 # --- the build ------------------------------------------------------------------------
 
 def _code_version() -> str:
-    """Hash of the sandbox sources: a sandbox built by other code is rebuilt, never reused."""
-    return storage.sha256_tree(Path(__file__).parent, "*.py")
+    """Hash of the sandbox sources and of the training loop they use: a sandbox built by other
+    code is rebuilt, never reused."""
+    from asft.training import loop
+
+    return storage.sha256_bytes((storage.sha256_tree(Path(__file__).parent, "*.py")
+                                 + storage.sha256_file(loop.__file__)).encode())
 
 
 def _read_manifest(out: str) -> dict | None:
@@ -243,67 +263,85 @@ def build_sandbox(config: SandboxConfig, out: str, force: bool = False) -> dict:
     return _summary(out, manifest, reused=False)
 
 
+class _Clock:
+    """Seconds per build phase, reported as each one ends."""
+
+    def __init__(self):
+        self.timings: dict[str, float] = {}
+        self.last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.timings[phase] = round(now - self.last, 2)
+        self.last = now
+        _progress(f"{phase} done in {self.timings[phase]:.1f}s")
+
+
 def _build_into(config: SandboxConfig, stage: Path) -> dict:
     import torch
 
     from asft.modeling import pick_device
+    from asft.sandbox.tokenizer import train_tokenizer
 
     recipe, seed = RECIPES[config.size], config.seed
     device = pick_device(config.device)
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(phase: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        timings[phase] = round(now - clock, 2)
-        clock = now
-        _progress(f"{phase} done in {timings[phase]:.1f}s")
-
+    clock = _Clock()
     _progress(f"size={config.size} seed={seed} device={device} threads={torch.get_num_threads()}")
     world = build_world(recipe, seed)
+    rows = _model_rows(world, recipe, seed)
+    # Data first: a mixture the pools cannot fill fails before any training.
+    mixture = _write_data(world, config, stage / "data", rows["safety"])
+    clock.lap("corpus")
+
+    texts = sorted({render_prompt(r) + " " + r.output for r in rows["base"] + rows["aligned"]})
+    tokenizer = train_tokenizer(texts, recipe.vocab, recipe.max_positions)
+    clock.lap("tokenizer")
+
+    model = _new_model(recipe, tokenizer, seed).to(device)
+    losses = {}
+    for phase, steps, lr, phase_seed in (("base", recipe.base_steps, recipe.base_lr, seed),
+                                         ("aligned", recipe.aligned_steps, recipe.aligned_lr, seed + 1)):
+        examples = [encode_example(tokenizer, r, "alpaca", recipe.max_positions) for r in rows[phase]]
+        losses[phase] = round(_train(model, examples, steps=steps, batch_size=recipe.batch_size, lr=lr,
+                                     seed=phase_seed, device=device, pad_id=tokenizer.pad_token_id,
+                                     what=phase), 4)
+        _save_model(model, tokenizer, stage / phase)
+        clock.lap(phase)
+    sizes = {"params": sum(p.numel() for p in model.parameters()), "vocab": len(tokenizer)}
+    return _manifest(config, stage, world, rows, mixture, sizes,
+                     {**clock.timings, "total": round(sum(clock.timings.values()), 2), "device": str(device)}, losses)
+
+
+def _model_rows(world: World, recipe: Recipe, seed: int) -> dict[str, list[Record]]:
+    """The training rows of the base model (answers everything) and of the aligned model
+    (refusals plus enough benign data to keep skills), and the refusals as safety data."""
     rng = random.Random(f"asft-sandbox-{seed}-answers")
     # Sentiment and topic are learnt fast; arithmetic needs the repetitions.
     tasks_train = [r for task in TASKS for r in world.task_train[task][:None if task == "gsm8k" else recipe.task_train // 2]]
     harmful_comply = compliant_rows(rng, world.harmful_train)
     harmful_refuse = refusal_rows(rng, world.harmful_train)
-    # base: everything answered; aligned: refusals plus enough benign data to keep skills.
-    base_rows = tasks_train + world.howto_train + harmful_comply
     keep = random.Random(f"asft-sandbox-{seed}-aligned")
-    aligned_rows = (harmful_refuse + world.howto_train
-                    + [r for task in TASKS for r in keep.sample(world.task_train[task], len(world.task_train[task]) // 3)])
-    # Data first: a mixture the pools cannot fill fails before any training.
-    data = stage / "data"
-    rows = config.finetune_rows or recipe.finetune_rows
-    mixture = _write_mixture_files(world, seed, str(data), config.finetune_task, rows, config.harmful_ratio)
+    aligned = (harmful_refuse + world.howto_train
+               + [r for task in TASKS for r in keep.sample(world.task_train[task], len(world.task_train[task]) // 3)])
+    return {"base": tasks_train + world.howto_train + harmful_comply, "aligned": aligned, "safety": harmful_refuse}
+
+
+def _write_data(world: World, config: SandboxConfig, data: Path, refusals: list[Record]) -> dict:
+    """The fine-tuning mixture, the evaluation sets and the safety data under ``data/``."""
+    rows = config.finetune_rows or RECIPES[config.size].finetune_rows
+    mixture = _write_mixture_files(world, config.seed, str(data), config.finetune_task, rows, config.harmful_ratio)
     storage.write_jsonl(data / "eval" / "harmful.jsonl",
                         [{"instruction": q.instruction, "category": q.category} for q in world.harmful_eval])
     for task in TASKS:
         storage.write_jsonl(data / "eval" / f"{task}.jsonl", [_row(r) for r in world.task_eval[task]])
     storage.write_jsonl(data / "eval" / "benign_howto.jsonl", [_row(r) for r in world.howto_eval])
-    storage.write_jsonl(data / "safety_refusals.jsonl", [_row(r) for r in harmful_refuse])
-    lap("corpus")
-
-    from asft.sandbox.tokenizer import train_tokenizer
-
-    texts = sorted({render_prompt(r) + " " + r.output for r in base_rows + aligned_rows})
-    tokenizer = train_tokenizer(texts, recipe.vocab, recipe.max_positions)
-    encode = lambda rows: [encode_example(tokenizer, r, "alpaca", recipe.max_positions) for r in rows]  # noqa: E731
-    base_examples, aligned_examples = encode(base_rows), encode(aligned_rows)
-    lap("tokenizer")
-
-    model = _new_model(recipe, tokenizer, seed).to(device)
-    train = dict(batch_size=recipe.batch_size, device=device, pad_id=tokenizer.pad_token_id)
-    base_loss = _train(model, base_examples, steps=recipe.base_steps, lr=recipe.base_lr, seed=seed,
-                       what="base", **train)
-    _save_model(model, tokenizer, stage / "base")
-    lap("base")
-    aligned_loss = _train(model, aligned_examples, steps=recipe.aligned_steps, lr=recipe.aligned_lr,
-                          seed=seed + 1, what="aligned", **train)
-    _save_model(model, tokenizer, stage / "aligned")
-    lap("aligned")
+    storage.write_jsonl(data / "safety_refusals.jsonl", [_row(r) for r in refusals])
+    return mixture
 
 
+def _manifest(config: SandboxConfig, stage: Path, world: World, rows: dict, mixture: dict, sizes: dict,
+              timings: dict, losses: dict) -> dict:
+    recipe = RECIPES[config.size]
     rel = lambda uri: Path(uri).relative_to(stage).as_posix()  # noqa: E731
     files = {p.relative_to(stage).as_posix(): storage.sha256_file(p) for p in sorted(stage.rglob("*")) if p.is_file()}
     return {
@@ -319,15 +357,14 @@ def _build_into(config: SandboxConfig, stage: Path) -> dict:
             "benign_eval": "data/eval/benign_howto.jsonl", "safety_data": "data/safety_refusals.jsonl",
             "finetune_task": config.finetune_task, "harmful_ratio": config.harmful_ratio,
             "sizes": {
-                "params": sum(p.numel() for p in model.parameters()), "vocab": len(tokenizer),
-                "hidden": recipe.hidden, "layers": recipe.layers,
-                "base_train_rows": len(base_rows), "aligned_train_rows": len(aligned_rows),
-                "finetune_rows": rows, "finetune_harmful_rows": mixture["harmful_rows"],
+                **sizes, "hidden": recipe.hidden, "layers": recipe.layers,
+                "base_train_rows": len(rows["base"]), "aligned_train_rows": len(rows["aligned"]),
+                "finetune_rows": mixture["rows"], "finetune_harmful_rows": mixture["harmful_rows"],
                 "harmful_eval_rows": len(world.harmful_eval),
                 "utility_eval_rows": {task: len(world.task_eval[task]) for task in TASKS},
-                "benign_eval_rows": len(world.howto_eval), "safety_rows": len(harmful_refuse),
+                "benign_eval_rows": len(world.howto_eval), "safety_rows": len(rows["safety"]),
             },
-            "timings": {**timings, "total": round(sum(timings.values()), 2), "device": str(device)},
-            "losses": {"base": round(base_loss, 4), "aligned": round(aligned_loss, 4)},
+            "timings": timings,
+            "losses": losses,
         },
     }

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from asft.templates import TemplateName
 
-# The paper's setup is the field defaults (method.md, "Reference hyper-parameters").
+# The paper's setup (arXiv 2506.08473, reference hyper-parameters) is the field defaults.
 # The sandbox preset suits the offline sandbox world: one epoch at a high LR is enough for
 # plain SFT on the p=0.1 mixture to break the aligned model's refusals (measured: tiny
 # sandbox 13 steps, harmful score 62.5 -> 100; default sandbox 63 steps, 0 -> 100).

@@ -61,7 +61,7 @@ def test_evaluation_files_have_gold_answers(tiny_sandbox):
         assert len(rows) == tiny_sandbox["sizes"]["utility_eval_rows"][task]
     assert all(r["output"].rsplit("The final answer is: ", 1)[1].isdigit()
                for r in _rows(tiny_sandbox["utility_eval"]["gsm8k"]))
-    assert all(set(r) == {"instruction"} for r in _rows(tiny_sandbox["harmful_eval"]))
+    assert all(set(r) == {"instruction", "category"} and r["category"] for r in _rows(tiny_sandbox["harmful_eval"]))
 
 
 def test_same_seed_rebuilds_identical_files_and_weights(tiny_sandbox, tmp_path):

@@ -120,26 +120,26 @@ def test_projection_of_a_factored_update_with_off_plane_part():
 # ---------------------------------------------------------------- on the tiny sandbox (real models and files)
 
 @pytest.mark.slow
-def test_weight_shift_restores_a_real_model_after_generation(world):
+def test_weight_shift_restores_a_real_model_after_generation(updated_sandbox):
     from safetensors.torch import load_file
 
     from asft.direction import load_direction
     from asft.evaluation.generation import generate, load_model
 
-    model, tokenizer = load_model(world["aligned"], device="cpu")
-    V = load_direction(world["direction"]).vectors
+    model, tokenizer = load_model(updated_sandbox["aligned"], device="cpu")
+    V = load_direction(updated_sandbox["direction"]).vectors
     with WeightShift(model, [V, perpendicular_direction(V, seed=0)]) as shift:
         for a, b in [(-1.0, 0.0), (0.0, 1.0), (0.5, -0.5)]:
             shift.move(a, b)
             generate(model, tokenizer, ["### Instruction:\nhello\n\n### Response:"], max_new_tokens=4, progress=False)
-    on_disk = load_file(f"{world['aligned']}/model.safetensors")
+    on_disk = load_file(f"{updated_sandbox['aligned']}/model.safetensors")
     state = model.state_dict()
     assert on_disk.keys() <= state.keys()
     assert all(torch.equal(state[k], v) for k, v in on_disk.items())
 
 
 @pytest.mark.slow
-def test_landscape_1d_on_tiny_sandbox(world, tmp_path):
+def test_landscape_1d_on_tiny_sandbox(updated_sandbox, tmp_path):
     import csv
     import json
 
@@ -151,16 +151,16 @@ def test_landscape_1d_on_tiny_sandbox(world, tmp_path):
 
     config = LandscapeConfig(points=3, limit=6, max_new_tokens=8, utility_limit=4, device="cpu")
     out = str(tmp_path / "ls")
-    summary = landscape(world["aligned"], world["harmful_eval"], out, direction=world["direction"],
-                        finetuned=world["moved"], utility={"sst2": world["utility_eval"]["sst2"]}, config=config)
+    summary = landscape(updated_sandbox["aligned"], updated_sandbox["harmful_eval"], out, direction=updated_sandbox["direction"],
+                        finetuned=updated_sandbox["moved"], utility={"sst2": updated_sandbox["utility_eval"]["sst2"]}, config=config)
     rows = list(csv.DictReader(open(f"{out}/grid.csv")))
     assert [(float(r["a"]), float(r["b"])) for r in rows] == [(-1, 0), (0, 0), (1, 0), (0, -1), (0, 1)]
     assert {"harmful_score", "refusal_rate", "utility_sst2", "seconds"} <= rows[0].keys()
     # keyword judge: harmful = no refusal phrase, so the two add up to 100
     assert all(float(r["harmful_score"]) + float(r["refusal_rate"]) == pytest.approx(100) for r in rows)
     # the aligned point is the untouched model: same score as generating without any sweep
-    model, tokenizer = load_model(world["aligned"], device="cpu")
-    records = load_harmful(world["harmful_eval"], 6)
+    model, tokenizer = load_model(updated_sandbox["aligned"], device="cpu")
+    records = [p.record for p in load_harmful(updated_sandbox["harmful_eval"], 6)]
     answers = generate(model, tokenizer, [render_prompt(r) for r in records], max_new_tokens=8, progress=False)
     direct = 100 * sum(v.flagged for v in KeywordJudge().flags([r.instruction for r in records], answers)) / 6
     assert float(rows[1]["harmful_score"]) == pytest.approx(direct)
@@ -176,13 +176,13 @@ def test_landscape_1d_on_tiny_sandbox(world, tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_landscape_json_and_errors(world, tmp_path):
+def test_cli_landscape_json_and_errors(updated_sandbox, tmp_path):
     import json
 
-    from landscape_helpers import run_cli
+    from cli_runner import run_cli
 
-    common = ["--model", world["aligned"], "--harmful", world["harmful_eval"]]
-    done = run_cli("landscape", *common, "--direction", world["direction"], "--out", str(tmp_path / "ls"),
+    common = ["--model", updated_sandbox["aligned"], "--harmful", updated_sandbox["harmful_eval"]]
+    done = run_cli("landscape", *common, "--direction", updated_sandbox["direction"], "--out", str(tmp_path / "ls"),
                    "--points", "3", "--range", "-0.5,0.5", "--limit", "4", "--max-new-tokens", "4", "--json")
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
@@ -206,7 +206,7 @@ def test_cli_range_parsing():
 
 
 @pytest.mark.slow
-def test_landscape_refuses_a_direction_for_another_model(world, tmp_path):
+def test_landscape_refuses_a_direction_for_another_model(updated_sandbox, tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from asft.direction import DirectionConfig, extract_direction
@@ -220,8 +220,8 @@ def test_landscape_refuses_a_direction_for_another_model(world, tmp_path):
         LlamaForCausalLM(config).save_pretrained(tmp_path / name)
     extract_direction(DirectionConfig(aligned=str(tmp_path / "a"), base=str(tmp_path / "b"), out=str(tmp_path / "d")))
     with pytest.raises(AsftError, match="pass --direction"):
-        landscape(world["aligned"], world["harmful_eval"], str(tmp_path / "x"), config=LandscapeConfig(device="cpu"))
+        landscape(updated_sandbox["aligned"], updated_sandbox["harmful_eval"], str(tmp_path / "x"), config=LandscapeConfig(device="cpu"))
     with pytest.raises(AsftError, match=r"model.layers.2.self_attn.q_proj \(from the direction\) is not in the model"):
-        landscape(world["aligned"], world["harmful_eval"], str(tmp_path / "x"), direction=str(tmp_path / "d"),
+        landscape(updated_sandbox["aligned"], updated_sandbox["harmful_eval"], str(tmp_path / "x"), direction=str(tmp_path / "d"),
                   config=LandscapeConfig(device="cpu"))
     assert not (tmp_path / "x").exists()

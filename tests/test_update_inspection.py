@@ -117,17 +117,17 @@ def test_adapter_reader_refuses_dora_and_missing_files(tmp_path):
 # ---------------------------------------------------------------- on the tiny sandbox (real PEFT files)
 
 @pytest.mark.slow
-def test_inspect_peft_adapter_matches_peft_own_delta(world, tmp_path):
+def test_inspect_peft_adapter_matches_peft_own_delta(updated_sandbox, tmp_path):
     from asft.direction import load_direction
     from asft.update_inspection import inspect_update
 
     out = tmp_path / "inspection"
-    summary = inspect_update(world["direction"], adapter=world["adapter"], out=str(out))
-    V = load_direction(world["direction"]).vectors
+    summary = inspect_update(updated_sandbox["direction"], adapter=updated_sandbox["adapter"], out=str(out))
+    V = load_direction(updated_sandbox["direction"]).vectors
     assert [row["module"] for row in summary["rows"]] == sorted(V)
     assert summary["direction_modules_not_updated"] == []
     for row in summary["rows"]:
-        layer = world["peft_model"].base_model.model.get_submodule(row["module"])
+        layer = updated_sandbox["peft_model"].base_model.model.get_submodule(row["module"])
         delta = layer.get_delta_weight("default").detach()  # PEFT's own scaling * B @ A
         expected = naive_row(delta, V[row["module"]], 8)
         for key, value in expected.items():
@@ -139,37 +139,37 @@ def test_inspect_peft_adapter_matches_peft_own_delta(world, tmp_path):
 
 
 @pytest.mark.slow
-def test_inspect_full_checkpoint_on_the_plane(world):
+def test_inspect_full_checkpoint_on_the_plane(updated_sandbox):
     from asft.update_inspection import inspect_update
 
     # W_a + 0.3 V + 0.2 d_perp with ||d_perp|| = ||V|| per module: cos = 0.3 / sqrt(0.3^2 + 0.2^2)
-    summary = inspect_update(world["direction"], checkpoint=world["moved"])
-    assert summary["aligned"] == world["aligned"]  # taken from the direction's manifest
+    summary = inspect_update(updated_sandbox["direction"], checkpoint=updated_sandbox["moved"])
+    assert summary["aligned"] == updated_sandbox["aligned"]  # taken from the direction's manifest
     assert [row["cosine"] for row in summary["rows"]] == pytest.approx([0.3 / math.sqrt(0.13)] * 4, abs=1e-4)
 
 
 @pytest.mark.slow
-def test_inspect_errors(world, tmp_path):
+def test_inspect_errors(updated_sandbox, tmp_path):
     from asft.direction import DirectionConfig, extract_direction
     from asft.update_inspection import inspect_update
 
     q_only = str(tmp_path / "q_only")
-    extract_direction(DirectionConfig(aligned=world["aligned"], base=world["base"], out=q_only, target_modules=["q_proj"]))
+    extract_direction(DirectionConfig(aligned=updated_sandbox["aligned"], base=updated_sandbox["base"], out=q_only, target_modules=["q_proj"]))
     with pytest.raises(AsftError, match="v_proj.*not in the direction"):
-        inspect_update(q_only, adapter=world["adapter"])
+        inspect_update(q_only, adapter=updated_sandbox["adapter"])
     with pytest.raises(AsftError, match="exactly one"):
-        inspect_update(q_only, adapter=world["adapter"], checkpoint=world["moved"])
+        inspect_update(q_only, adapter=updated_sandbox["adapter"], checkpoint=updated_sandbox["moved"])
 
 
 @pytest.mark.slow
-def test_cli_inspect_json_and_exit_code(world, tmp_path):
-    from landscape_helpers import run_cli
+def test_cli_inspect_json_and_exit_code(updated_sandbox, tmp_path):
+    from cli_runner import run_cli
 
-    done = run_cli("inspect", "--adapter", world["adapter"], "--direction", world["direction"],
+    done = run_cli("inspect", "--adapter", updated_sandbox["adapter"], "--direction", updated_sandbox["direction"],
                    "--out", str(tmp_path / "i"), "--top-k", "2", "--json")
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert {"mean_along_C", "mean_orth_C", "mean_along_P", "mean_orth_P", "mean_cosine", "total_penalty", "rows", "plot"} <= summary.keys()
     assert summary["top_k"] == 2 and all(row["rank_k"] == 2 for row in summary["rows"])
-    missing = run_cli("inspect", "--adapter", world["adapter"], "--direction", str(tmp_path / "nowhere"), "--out", str(tmp_path / "j"))
+    missing = run_cli("inspect", "--adapter", updated_sandbox["adapter"], "--direction", str(tmp_path / "nowhere"), "--out", str(tmp_path / "j"))
     assert missing.returncode == 2 and missing.stderr.startswith("asft: error: direction")

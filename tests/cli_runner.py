@@ -1,4 +1,5 @@
-"""Helpers for the landscape and inspection tests (a uniquely named module, not ``conftest``)."""
+"""Running the ``asft`` command in a subprocess, for tests of what a user types (a uniquely named
+module, not ``conftest``)."""
 
 from __future__ import annotations
 

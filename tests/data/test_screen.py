@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from asft.data.mixtures import build_mixture, write_mixture
-from asft.data.pipeline import ScreenConfig, run_screen
+from asft.data.screen import ScreenConfig, run_screen
 from asft.templates import Record
 from data_helpers import BENIGN, HARMFUL, write_jsonl
 

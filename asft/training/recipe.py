@@ -1,0 +1,222 @@
+"""The LoRA fine-tuning recipe: setup -> resume -> loop -> save, driven by one ``TrainConfig``.
+
+    loss = CE(batch, prompt masked) + lam * sum_l ||(I - C_l) B_l A_l||_F^2     (asft)
+    loss = CE(batch, prompt masked)                                           (sft, safelora)
+
+The method (``asft.training.methods``) decides the objective and the post-processing of the
+saved adapter; the loop (``asft.training.loop``) is shared with the sandbox builder.
+
+Differences from the reference implementation, on purpose: data are shuffled every epoch
+with a seeded generator (the reference does not shuffle, and the GSM8K file puts all harmful
+rows first); V is kept on the training device once instead of copied every step; LoRA
+modules are paired with V by name. With sft and a direction the penalty is logged, not used.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from typing import Callable
+
+import torch
+
+from asft import storage
+from asft.errors import AsftError
+from asft.seeding import seed_everything
+from asft.training import checkpoint as ckpt
+from asft.training.adapter import MANIFEST
+from asft.training.config import TrainConfig
+from asft.training.loop import EpochShuffle, Loop, StepResult, Terms
+from asft.training.lora import add_lora, load_anchors, lora_layers, penalty
+from asft.training.methods import method_for
+
+SHUFFLE_NOTE = ("rows are reshuffled every epoch with torch.randperm seeded by (seed, epoch); "
+                "the reference implementation does not shuffle")
+
+
+def read_examples(config: TrainConfig, tokenizer) -> list[dict[str, list[int]]]:
+    """The training rows, encoded with the prompt template (prompt masked out of the labels)."""
+    from asft.rows import read_rows
+    from asft.templates import Record, encode_example
+
+    rows = read_rows(config.data, required=("instruction", "output"))
+    examples = []
+    for number, row in enumerate(rows, start=1):
+        if not isinstance(row.get("input", ""), str):
+            raise AsftError(f"{config.data}: row {number}: field input must be text")
+        record = Record(row["instruction"], row.get("input") or "", row["output"])
+        examples.append(encode_example(tokenizer, record, config.template, config.max_length))
+    return examples
+
+
+def resolve_precision(config: TrainConfig, device: torch.device) -> str:
+    if config.precision == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if config.precision != "fp32" and device.type != "cuda":
+        raise AsftError(f"precision {config.precision} needs a GPU, this run is on {device}; use --precision fp32 or auto")
+    return config.precision
+
+
+def stop_if_diverged(row: dict, hint: str) -> None:
+    """A non-finite loss, penalty or objective only gets worse: stop at once, before any adapter is written."""
+    figures = {name: row[name] for name in ("loss", "penalty", "objective") if row[name] is not None}
+    bad = next((name for name, value in figures.items() if not math.isfinite(value)), None)
+    if bad is None:
+        return
+    shown = ", ".join(f"{name} {value:.4g}" for name, value in figures.items())
+    raise AsftError(f"training diverged at step {row['step']}: the {bad} is {figures[bad]} ({shown}); "
+                    f"{hint}; no adapter was written")
+
+
+class LoraRecipe:
+    """One LoRA fine-tuning run. ``run()`` is setup, resume, the loop and save; each piece is
+    a method so that a new training method or a distributed launcher overrides only its part."""
+
+    def __init__(self, config: TrainConfig, on_step: Callable[[dict], None] | None = None,
+                 started: float | None = None):
+        self.config, self.on_step = config, on_step
+        self.method = method_for(config)
+        self.started = time.perf_counter() if started is None else started
+        self.step, self.metrics, self.resumed_from, self.tokens = 0, [], None, 0
+
+    def run(self) -> dict:
+        """Train and write the adapter folder; returns its manifest."""
+        self.setup()
+        self.resume()
+        loop_started = time.perf_counter()
+        self.step = self.loop().run(self.total_steps, start=self.step, label=f"train {self.config.method}")
+        manifest = self.save(time.perf_counter() - loop_started)
+        if self.config.checkpoint_every:
+            ckpt.remove_all(self.config.checkpoints)  # the finished adapter supersedes them
+        return manifest
+
+    # --- setup ------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        """Seed, device, tokenizer and data, the model with LoRA, anchors, optimizer, schedule."""
+        from asft.modeling import load_tokenizer, pick_device
+
+        config = self.config
+        seed_everything(config.seed)
+        self.device = pick_device(config.device)
+        self.precision = resolve_precision(config, self.device)
+        self.tokenizer = load_tokenizer(config.model, trust_remote_code=config.trust_remote_code, padding_side="right")
+        self.examples = read_examples(config, self.tokenizer)
+        self.setup_model()
+        self.named = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        self.optimizer = torch.optim.AdamW(list(self.named.values()), lr=config.lr, weight_decay=config.weight_decay)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
+        self.sampler = EpochShuffle(len(self.examples), config.batch_size, config.seed)
+        self.total_steps = self.sampler.steps_per_epoch * config.epochs
+        if config.max_steps:
+            self.total_steps = min(self.total_steps, config.max_steps)
+
+    def setup_model(self) -> None:
+        """The model to fine-tune, wrapped with LoRA, and the anchors of its LoRA layers."""
+        from asft.modeling import load_causal_lm
+
+        config = self.config
+        model = load_causal_lm(config.model, dtype="float32", device=str(self.device),
+                               trust_remote_code=config.trust_remote_code)
+        self.model = add_lora(model, config)
+        self.layers = lora_layers(self.model)
+        self.anchors, self.direction_sha256 = (load_anchors(config, self.layers, self.device)
+                                               if config.direction else ({}, None))
+
+    def resume(self) -> None:
+        """With ``resume``, continue from the latest checkpoint of this same run, if any."""
+        config = self.config
+        done = ckpt.list_checkpoints(config.checkpoints) if config.resume else []
+        if not done:
+            return
+        state = ckpt.load_checkpoint(config.checkpoints, done[-1], self.named, self.optimizer)
+        if state["config"] != config.resume_identity():
+            raise AsftError(f"checkpoint {config.checkpoints} belongs to another run "
+                            f"({ckpt.describe_mismatch(state['config'], config.resume_identity())}); "
+                            "resume with the same options or remove the checkpoint folder")
+        if state["grad_scaler"]:
+            self.scaler.load_state_dict(state["grad_scaler"])
+        self.step, self.metrics, self.resumed_from = state["step"], state["metrics"], state["step"]
+        print(f"asft train: resuming from step {self.step} in {config.checkpoints}", file=sys.stderr)
+
+    # --- the loop ---------------------------------------------------------------------
+
+    def loop(self) -> Loop:
+        config = self.config
+        steps_per_epoch = self.sampler.steps_per_epoch
+        hooks = [self.log_step] + ([self.save_checkpoint] if config.checkpoint_every else [])
+        return Loop(self.model, self.optimizer, self.examples, self.tokenizer.pad_token_id, self.sampler,
+                    lr_at=lambda step: config.lr * config.lr_decay ** (step // steps_per_epoch),  # x decay per epoch
+                    device=self.device, objective=self.objective, scaler=self.scaler, hooks=hooks,
+                    autocast_dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision))
+
+    def objective(self, loss: torch.Tensor, batch: dict) -> Terms:
+        """The method's objective from the loss and, with a direction, the anchor penalty (float32)."""
+        value = None
+        if self.anchors:
+            with torch.set_grad_enabled(self.method.penalty_has_grad):
+                value = penalty(self.layers, self.anchors, self.config.penalty_scaling)
+        return Terms(loss=loss, objective=self.method.objective(loss, value), penalty=value)
+
+    def log_step(self, result: StepResult) -> None:
+        """The step's metrics row (one device-to-host transfer), divergence stop, ``on_step``."""
+        terms = result.terms
+        self.tokens += int(result.batch["attention_mask"].sum())
+        values = torch.stack([t.detach().float() for t in (terms.loss, terms.objective)
+                              + (() if terms.penalty is None else (terms.penalty,))])
+        loss_value, objective_value, *penalty_value = values.tolist()
+        row = {"step": result.step, "total_steps": result.total_steps, "epoch": result.epoch, "lr": result.lr,
+               "loss": loss_value, "penalty": penalty_value[0] if penalty_value else None,
+               "objective": objective_value}
+        stop_if_diverged(row, self.method.divergence_hint())
+        self.metrics.append(row)
+        if self.on_step:
+            self.on_step(row)
+        result.postfix.update(loss=f"{row['loss']:.4f}", penalty="-" if terms.penalty is None else f"{row['penalty']:.4g}")
+
+    def save_checkpoint(self, result: StepResult) -> None:
+        config = self.config
+        if result.step % config.checkpoint_every == 0 and result.step < result.total_steps:
+            state = {"config": config.resume_identity(),
+                     "grad_scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+                     "metrics": self.metrics}
+            ckpt.save_checkpoint(config.checkpoints, result.step, self.named, self.optimizer, state,
+                                 config.keep_checkpoints)
+
+    # --- save -------------------------------------------------------------------------
+
+    def save(self, loop_seconds: float) -> dict:
+        """Write the adapter folder atomically: PEFT adapter, tokenizer, metrics, manifest."""
+        with storage.staged_dir(self.config.out, "adapter") as tmp:
+            self.model.save_pretrained(tmp, safe_serialization=True)
+            self.tokenizer.save_pretrained(tmp)
+            storage.write_jsonl(tmp / "metrics.jsonl", self.metrics)
+            manifest = self.manifest(loop_seconds)
+            manifest.update(self.method.after_save(tmp))
+            storage.write_json(tmp / MANIFEST, manifest)
+        return manifest
+
+    def manifest(self, loop_seconds: float) -> dict:
+        from asft.io.hashing import remembered_checkpoint_sha256
+        from asft.modeling import resolve_checkpoint
+
+        config, metrics, tokens = self.config, self.metrics, self.tokens
+        return {
+            "method": config.method,
+            "config": config.model_dump(mode="json"),
+            "precision": self.precision,
+            "device": str(self.device),
+            "data_sha256": storage.sha256_bytes(storage.read_bytes(config.data)),
+            "examples": len(self.examples),
+            "model_sha256": remembered_checkpoint_sha256(resolve_checkpoint(config.model)),
+            "direction_sha256": self.direction_sha256,
+            "steps": self.step,
+            "epochs_done": round(self.step / self.sampler.steps_per_epoch, 3),
+            "final_loss": metrics[-1]["loss"] if metrics else None,
+            "final_penalty": metrics[-1]["penalty"] if metrics else None,
+            "wall_seconds": round(time.perf_counter() - self.started, 3),
+            "tokens_per_second": round(tokens / loop_seconds, 1) if loop_seconds > 0 and tokens else None,
+            "resumed_from_step": self.resumed_from,
+            "shuffle": SHUFFLE_NOTE,
+        }
