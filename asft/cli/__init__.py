@@ -1,5 +1,8 @@
-"""``asft`` command line. Each command module registers itself on the shared app;
-heavy libraries are imported inside the commands so ``--help`` stays fast."""
+"""``asft`` command line: the library's commands. Each command module registers itself on the
+shared app; its options come from its config model (:mod:`asft.cli.config_args`), built only
+when that command runs, and heavy libraries are imported inside the commands, so ``--help``
+stays fast. The ``pipeline`` command (Prefect) belongs to the app layer: ``flows/cli.py``
+builds the full ``asft`` app from this one."""
 
 from __future__ import annotations
 
@@ -20,7 +23,6 @@ from asft.cli import direction  # noqa: E402,F401
 from asft.cli import train  # noqa: E402,F401
 from asft.cli import landscape  # noqa: E402,F401
 from asft.cli import inspect  # noqa: E402,F401
-from asft.cli import pipeline  # noqa: E402,F401
 
 
 def fail(message: str) -> NoReturn:
@@ -30,8 +32,13 @@ def fail(message: str) -> NoReturn:
 
 
 def main() -> None:
+    run(app)
+
+
+def run(application: typer.Typer) -> None:
+    """Run an ``asft`` app; every way it can fail ends in one ``asft: error:`` line, exit 2."""
     try:
-        code = app(standalone_mode=False)  # click's usage errors come here instead of as a framed box
+        code = application(standalone_mode=False, prog_name="asft")  # click's usage errors come here instead of as a framed box
     except click.NoArgsIsHelpError as exc:
         fail(f"{exc.ctx.command_path} needs a command; see '{exc.ctx.command_path} --help'")
     except click.UsageError as exc:
@@ -50,4 +57,4 @@ def _one_line(message: str) -> str:
     return " ".join(message.split()).rstrip(".")
 
 
-__all__ = ["app", "main"]
+__all__ = ["app", "fail", "main", "run"]

@@ -7,12 +7,9 @@ import sys
 from typing import Any
 
 import typer
-from pydantic import BaseModel, ValidationError
-
-from asft.errors import AsftError
 
 app = typer.Typer(
-    name="asft",
+    rich_markup_mode=None,  # plain help: long generated option lists stay readable
     help="Safety-preserving fine-tuning (AsFT): direction, screening, training, evaluation, registry.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -34,15 +31,3 @@ def emit(summary: dict[str, Any], as_json: bool) -> None:
 
 def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def validated(schema: type[BaseModel], /, **fields) -> BaseModel:
-    """A config from CLI options; pydantic's first complaint becomes one AsftError line
-    naming the option (``--harmful-ratio: ...``)."""
-    try:
-        return schema(**fields)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        message = str(first.get("ctx", {}).get("error", first["msg"])).removeprefix("Value error, ")
-        option = "--" + ".".join(str(p) for p in first["loc"]).replace("_", "-") + ": " if first["loc"] else ""
-        raise AsftError(f"{option}{message}") from None

@@ -2,44 +2,53 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import typer
+from pydantic import BaseModel, ConfigDict, Field
 
-from asft.cli.app import JSON_OPTION, app, emit, validated
+from asft.cli import config_args
+from asft.cli.app import JSON_OPTION, app, emit
 
-sandbox_app = typer.Typer(help="The sandbox safety world: tiny base/aligned models and fine-tuning data, built offline.",
+sandbox_app = typer.Typer(rich_markup_mode=None, help="The sandbox safety world: tiny base/aligned models and fine-tuning data, built offline.",
                           no_args_is_help=True)
 app.add_typer(sandbox_app, name="sandbox")
 
 
-@sandbox_app.command("build")
+class MixtureArgs(BaseModel):
+    """Another fine-tuning mixture of a built sandbox (``write_mixture``'s arguments)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sandbox: str = Field(description="A built sandbox folder or URI")
+    harmful_ratio: float = Field(description="Share p of harmful rows, in [0, 1]")
+    rows: int | None = Field(None, description="Rows in the mixture (default: as built)")
+    task: Literal["sst2", "agnews", "gsm8k"] | None = Field(None, description="Benign task (default: as built)")
+
+
+def _schema():
+    from asft.sandbox import SandboxConfig
+
+    return SandboxConfig
+
+
+@config_args.command(sandbox_app, "build", config_args.Spec(_schema))
 def build(
+    ctx: typer.Context,
     out: str = typer.Option(..., "--out", help="Folder or URI (s3://...) to build into"),
-    size: str = typer.Option("default", "--size", help="tiny | default | large"),
-    seed: int = typer.Option(0, "--seed", help="Seed for corpus, splits, mixture and weights"),
-    harmful_ratio: float = typer.Option(0.1, "--harmful-ratio", help="Share p of harmful rows in the fine-tuning mixture, in [0, 1]"),
-    finetune_rows: int = typer.Option(None, "--finetune-rows", help="Rows in the mixture (default per size)"),
-    finetune_task: str = typer.Option("sst2", "--finetune-task", help="sst2 | agnews | gsm8k"),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     force: bool = typer.Option(False, "--force", help="Rebuild even if OUT holds a sandbox of the same config"),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Build (or reuse) a sandbox: base and aligned models, a fine-tuning mixture with labels, evaluation sets."""
-    from asft.sandbox import SandboxConfig, build_sandbox
+    from asft.sandbox import build_sandbox
 
-    config = validated(SandboxConfig, size=size, seed=seed, harmful_ratio=harmful_ratio, finetune_rows=finetune_rows,
-                     finetune_task=finetune_task, device=device)
-    emit(build_sandbox(config, out, force=force), as_json)
+    emit(build_sandbox(config_args.build(ctx), out, force=force), as_json)
 
 
-@sandbox_app.command("mixture")
-def mixture(
-    sandbox: str = typer.Option(..., "--sandbox", help="A built sandbox folder or URI"),
-    harmful_ratio: float = typer.Option(..., "--harmful-ratio", help="Share p of harmful rows, in [0, 1]"),
-    rows: int = typer.Option(None, "--rows", help="Rows in the mixture (default: as built)"),
-    task: str = typer.Option(None, "--task", help="sst2 | agnews | gsm8k (default: as built)"),
-    as_json: bool = JSON_OPTION,
-) -> None:
+@config_args.command(sandbox_app, "mixture", config_args.Spec(lambda: MixtureArgs, essentials=("sandbox", "harmful_ratio")))
+def mixture(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
     """Write another fine-tuning mixture (other p, n or task) into a built sandbox, without retraining."""
     from asft.sandbox import write_mixture
 
-    emit(write_mixture(sandbox, harmful_ratio, rows=rows, task=task), as_json)
+    args = config_args.build(ctx)
+    emit(write_mixture(args.sandbox, args.harmful_ratio, rows=args.rows, task=args.task), as_json)

@@ -26,7 +26,7 @@ from typing import Callable
 import pytest
 import torch
 
-from asft.cli import main
+from flows.cli import main  # the full asft app (the library commands + pipeline)
 
 pytestmark = pytest.mark.slow
 
@@ -563,11 +563,11 @@ def test_tally(request):
 
 def test_remembered_checkpoint_hash_follows_the_files(tmp_path, monkeypatch):
     """The cached model hash (used to match an adapter with its base) is re-computed when a file changes."""
-    from asft import direction
-    from asft.direction import checkpoint_sha256, remembered_checkpoint_sha256
+    from asft.io import hashing
+    from asft.io.hashing import checkpoint_sha256, remembered_checkpoint_sha256
 
     monkeypatch.setenv("ASFT_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(direction, "_RACY_SECONDS", -1.0)  # remember even files written just now
+    monkeypatch.setattr(hashing, "_RACY_SECONDS", -1.0)  # remember even files written just now
     weights = tmp_path / "ckpt" / "model.safetensors"
     weights.parent.mkdir()
     weights.write_bytes(b"first")

@@ -1,33 +1,39 @@
-"""``asft pipeline``: the whole Prefect flow, by default on the embedded sandbox.
+"""The ``asft`` console command: the library's commands plus ``asft pipeline``, the Prefect flow.
 
-This command is the one place where the library's CLI starts Prefect: it imports the flow
-lazily, so the rest of ``asft`` never needs prefect.
+The library (``asft/``) never imports prefect or ``flows``; this app layer adds the one command
+that does, on an app built from the library's. Prefect itself is imported only when the
+pipeline runs, after the config has been validated and preflighted.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 
 import typer
 
-from asft.cli.app import JSON_OPTION, app, emit, progress
+from asft.cli import app as library_app
+from asft.cli import config_args, run
+from asft.cli.app import JSON_OPTION, emit, progress
 from asft.errors import AsftError
 
+app = typer.Typer(rich_markup_mode=None, help=library_app.info.help, no_args_is_help=True, pretty_exceptions_enable=False,
+                  add_completion=False)
+app.add_typer(library_app)  # nameless: its commands join this app
 
-@app.command()
-def pipeline(
-    config: Path = typer.Option(None, "--config", help="YAML/JSON pipeline config (default: the embedded sandbox run)."),
-    artifact_root: str = typer.Option(None, "--artifact-root", help="Folder or s3:// URI for artefacts (overrides the config)."),
-    as_json: bool = JSON_OPTION,
-) -> None:
-    """Direction -> screening -> training -> evaluation -> gated MLflow registration."""
-    from asft.pipeline_config import load_pipeline_config, preflight
 
-    settings = load_pipeline_config(str(config) if config else None)
-    if artifact_root:
-        settings = settings.model_copy(update={"artifact_root": artifact_root})
+def _schema():
+    from asft.pipeline_config import PipelineConfig
+
+    return PipelineConfig
+
+
+@config_args.command(app, "pipeline", config_args.Spec(_schema, essentials=("artifact_root",)))
+def pipeline(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
+    """Direction -> screening -> training -> evaluation -> gated MLflow registration (default: the embedded sandbox run)."""
+    from asft.pipeline_config import preflight
+
+    settings = config_args.build(ctx)
     preflight(settings)  # before Prefect's server starts
     # Embedded default: Prefect's temporary server starts slowly on a busy 2-core machine.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
@@ -58,3 +64,10 @@ def _drop_user_error_tracebacks() -> None:
         for handler in logging.getLogger(name).handlers:
             handler.addFilter(_WithoutUserErrorTracebacks())
 
+
+def main() -> None:
+    run(app)
+
+
+if __name__ == "__main__":
+    main()
