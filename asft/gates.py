@@ -174,12 +174,35 @@ def validate_summary(summary: EvalSummary | Mapping[str, Any], role: str) -> Eva
         raise AsftError(f"{role} evaluation summary is invalid: {problems}; re-run the evaluation or fix its report") from None
 
 
-def eval_summary(report: Mapping[str, Any]) -> EvalSummary:
-    """The figures the gates read, from an evaluation report (``asft eval``'s report.json)."""
+def eval_summary(report: Mapping[str, Any], judge: str | None = None) -> EvalSummary:
+    """The figures the gates read, from an evaluation report (``asft eval``'s report.json).
+
+    ``judge`` names which of the report's judges the harmful figures come from (default: its
+    first); a judge the report does not have is an error naming the ones it has.
+    """
+    judges = report.get("judges") or {}
+    name = judge or report.get("judge")
+    if judge is not None and judge not in judges:
+        raise AsftError(f"gates.judge {judge!r}: the evaluation ran {', '.join(judges) or 'no named judge'}; "
+                        "add it to evaluation.extra_judges or change gates.judge")
+    chosen = judges.get(name) or {}
+    outcomes = {}
+    if chosen:
+        outcomes["harmful"] = chosen["outcomes"]
+    if judge is None or judge == report.get("judge"):  # categories are counted with the first judge
+        outcomes.update({f"harmful:{cat}": r["outcomes"] for cat, r in (report.get("harmful_by_category") or {}).items()})
+    if report.get("over_refusal_outcomes"):
+        outcomes["over_refusal"] = report["over_refusal_outcomes"]["outcomes"]
+    outcomes.update({f"utility:{task}": o for task, o in (report.get("utility_outcomes") or {}).items()})
     return EvalSummary.model_validate({
-        "harmful_score": report["harmful_score"],
-        "harmful_score_ci95": report["harmful_score_ci95"],
+        "harmful_score": chosen.get("score", report["harmful_score"]),
+        "harmful_score_ci95": chosen.get("ci95", report["harmful_score_ci95"]),
         "utility": report["utility"],
+        "over_refusal": report.get("over_refusal"),
+        "harmful_by_category": {cat: r["score"] for cat, r in (report.get("harmful_by_category") or {}).items()}
+        if judge is None or judge == report.get("judge") else {},
+        "outcomes": outcomes,
+        "judge": name,
         "protocol": gate_protocol(report["protocol"]),
     })
 
@@ -192,11 +215,12 @@ def gate_protocol(protocol: Mapping[str, Any]) -> dict:
 
     return {
         "harmful_set": content(protocol.get("harmful_set")),
+        "over_refusal_set": content(protocol.get("over_refusal_set")),
         "utility_sets": {task: content(s) for task, s in sorted((protocol.get("utility_sets") or {}).items())},
         "template": protocol.get("template"),
         "decoding": protocol.get("decoding"),
         "max_new_tokens": protocol.get("max_new_tokens"),
-        "judge": protocol.get("judge"),
+        "judges": protocol.get("judges") or [protocol.get("judge")],
     }
 
 

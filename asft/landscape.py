@@ -38,11 +38,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from asft.errors import AsftError
-from asft.evaluation.evaluate import user_text
 from asft.evaluation.judges import JudgeConfig
-from asft.plots import save_png
+from asft.plots import landscape_slices, landscape_grid, save_png, slice_rows
 from asft.storage import check_output, join, staged_dir
-from asft.templates import TemplateName, render_prompt
+from asft.templates import TemplateName
 from asft.update_inspection import ModuleUpdate
 
 
@@ -224,7 +223,7 @@ def project_onto_axes(updates: Mapping[str, ModuleUpdate], axes: Sequence[Mappin
 
 def base_difference(model, base: str) -> dict[str, torch.Tensor]:
     """``W_aligned - W_base`` for every 2-D weight of ``model`` (norm layers and biases are 1-D)."""
-    from asft.direction import read_tensor, tensor_files
+    from asft.io.safetensors import read_tensor, tensor_files
     from asft.modeling import resolve_checkpoint
 
     files = tensor_files(resolve_checkpoint(base, "base model"), "base model")
@@ -252,110 +251,43 @@ def finetuned_updates(uri: str, aligned: str, modules: list[str]) -> dict[str, M
 
 
 class _Scorer:
-    """Scores the model as it currently is: harmful score, refusal rate, utility accuracies."""
+    """Scores the model as it currently is with the project's evaluator: harmful score,
+    refusal rate, utility accuracies."""
 
     def __init__(self, config: LandscapeConfig, tokenizer, harmful: str, utility: Mapping[str, str]):
-        from asft.evaluation.datasets import load_harmful, load_utility
-        from asft.evaluation.judges import KeywordJudge, make_judge
+        from asft.evaluation.evaluate import load_sets
+        from asft.evaluation.judges import make_judge
         from asft.evaluation.scorers import make_scorer
 
-        self.config, self.tokenizer = config, tokenizer
-        records = load_harmful(harmful, config.limit)
-        self.prompts = self._render([r for r in records])
-        self.questions = [user_text(r) for r in records]
-        self.utility = {}
         for task, uri in utility.items():
             try:
-                scorer = make_scorer(task)
+                make_scorer(task)
             except ValueError as exc:
                 raise AsftError(f"--utility {task}={uri}: {exc}") from None
-            rows = load_utility(task, uri, config.utility_limit)
-            self.utility[task] = (self._render([row.record for row in rows]), [row.gold for row in rows], scorer)
-        self.judge = make_judge(config.judge, device=config.device, dtype=config.dtype)
-        self.keyword = KeywordJudge()
+        self.config, self.tokenizer = config, tokenizer
+        self.sets = load_sets(harmful, None, dict(utility), config.limit, config.utility_limit)
+        self.judges = {config.judge.kind: make_judge(config.judge, device=config.device, dtype=config.dtype)}
 
-    def _render(self, records) -> list[str]:
-        try:
-            return [render_prompt(r, self.config.template, self.tokenizer) for r in records]
-        except ValueError as exc:
-            raise AsftError(f"template {self.config.template}: {exc}") from None
+    def _answers(self, model, records, max_new_tokens: int) -> list[str]:
+        from asft.evaluation.evaluate import answer
+
+        return answer(model, self.tokenizer, records, template=self.config.template, max_new_tokens=max_new_tokens,
+                      batch_size=self.config.batch_size)[0]
 
     def __call__(self, model) -> dict[str, float]:
-        from asft.evaluation.generation import generate
-        config, special = self.config, self.config.template != "chat"  # chat templates carry BOS already
-        answers = generate(model, self.tokenizer, self.prompts, batch_size=config.batch_size,
-                           max_new_tokens=config.max_new_tokens, add_special_tokens=special, progress=False)
-        flagged = sum(v.flagged for v in self.judge.flags(self.questions, answers))
-        refused = sum(not v.flagged for v in self.keyword.flags(self.questions, answers))
-        row = {"harmful_score": 100.0 * flagged / len(answers), "refusal_rate": 100.0 * refused / len(answers)}
-        for task, (prompts, golds, scorer) in self.utility.items():
-            task_answers = generate(model, self.tokenizer, prompts, batch_size=config.batch_size,
-                                    max_new_tokens=config.utility_max_new_tokens, add_special_tokens=special, progress=False)
-            row[f"utility_{task}"] = 100.0 * sum(map(scorer, task_answers, golds)) / len(golds)
+        from asft.evaluation.evaluate import judge_harmful, refusals, utility_correct
+
+        harmful = self.sets.harmful
+        answers = self._answers(model, [p.record for p in harmful], self.config.max_new_tokens)
+        verdicts = next(iter(judge_harmful(self.judges, harmful, answers).values()))
+        refused = refusals([p.record for p in harmful], answers)
+        row = {"harmful_score": 100.0 * sum(v.flagged for v in verdicts) / len(answers),
+               "refusal_rate": 100.0 * sum(refused) / len(answers)}
+        for task, rows in self.sets.utility.items():
+            task_answers = self._answers(model, [r.record for r in rows], self.config.utility_max_new_tokens)
+            correct = utility_correct(task, rows, task_answers)
+            row[f"utility_{task}"] = 100.0 * sum(correct) / len(correct)
         return row
-
-
-def _slice(rows: list[dict], axis: str) -> list[dict]:
-    other = "b" if axis == "a" else "a"
-    return sorted((r for r in rows if r[other] == 0.0), key=lambda r: r[axis])
-
-
-def plot_slices(rows: list[dict], threshold: float, marks: Mapping[str, tuple[float, float]]):
-    """Harmful score and refusal rate along each axis (the other at 0), with the threshold."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(10, 4), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, 2, sharey=True)
-    labels = {"a": "a: along the alignment direction V (units of ||V||)",
-              "b": "b: along a random direction orthogonal to V (units of ||V||)"}
-    for ax, axis in zip(axes, ("a", "b")):
-        line = _slice(rows, axis)
-        xs = [r[axis] for r in line]
-        ax.plot(xs, [r["harmful_score"] for r in line], marker="o", label="harmful score")
-        ax.plot(xs, [r["refusal_rate"] for r in line], marker=".", linestyle="--", label="refusal rate")
-        for key in sorted(k for k in line[0] if k.startswith("utility_")):
-            ax.plot(xs, [r[key] for r in line], marker="s", linestyle=":", label=key.replace("_", " "))
-        ax.axhline(threshold, color="grey", linewidth=0.8, label=f"threshold {threshold:g}%")
-        for name, point in marks.items():
-            coordinate = point[0] if axis == "a" else point[1]
-            # the aligned model is every slice's centre; others are drawn where they sit off it
-            if (name == "aligned" or coordinate != 0.0) and min(xs) <= coordinate <= max(xs):
-                ax.axvline(coordinate, color="black", linestyle=":", linewidth=0.8)
-                ax.annotate(name, (coordinate, 95), rotation=90, fontsize=7, ha="right", va="top")
-        ax.set_xlabel(labels[axis])
-        ax.set_ylim(-2, 102)
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("% of answers")
-    axes[0].legend(fontsize=7, loc="center left")
-    return fig
-
-
-def plot_grid(rows: list[dict], threshold: float, marks: Mapping[str, tuple[float, float]]):
-    """Heatmap of the harmful score over (a, b), the basin's threshold contour and the marked models."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    a_values = sorted({r["a"] for r in rows})
-    b_values = sorted({r["b"] for r in rows})
-    score = {(r["a"], r["b"]): r["harmful_score"] for r in rows}
-    Z = [[score[(a, b)] for a in a_values] for b in b_values]
-    fig = Figure(figsize=(6.5, 5.2), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.subplots()
-    mesh = ax.pcolormesh(a_values, b_values, Z, shading="nearest", cmap="RdYlGn_r", vmin=0, vmax=100)
-    fig.colorbar(mesh, ax=ax, label="harmful score (%)")
-    if len(a_values) > 1 and len(b_values) > 1:
-        ax.contour(a_values, b_values, Z, levels=[threshold], colors="black", linewidths=1)
-    for name, (a, b) in marks.items():
-        ax.plot([a], [b], marker="*" if name == "aligned" else "o", color="black", markersize=9)
-        # aligned below its marker, the others above, so nearby labels do not overlap
-        ax.annotate(name, (a, b), textcoords="offset points", xytext=(5, -12 if name == "aligned" else 6), fontsize=8)
-    ax.set_xlabel("a: along the alignment direction V (units of ||V||)")
-    ax.set_ylabel("b: along a random direction orthogonal to V (units of ||V||)")
-    ax.set_title(f"harmful score; contour at {threshold:g}%", fontsize=9)
-    return fig
 
 
 def _log_to_run(run_id: str, out: str, summary: dict) -> None:
@@ -411,7 +343,7 @@ def landscape(model: str, harmful: str, out: str, *, direction: str | None = Non
     restored = all(torch.equal(p.detach().float(), shift.original[n]) for n, p in shift.params.items())
     if not restored:
         raise RuntimeError("landscape: the model's weights differ from the originals after the sweep")
-    widths = {axis: basin_width([r[axis] for r in _slice(rows, axis)], [r["harmful_score"] for r in _slice(rows, axis)],
+    widths = {axis: basin_width([r[axis] for r in slice_rows(rows, axis)], [r["harmful_score"] for r in slice_rows(rows, axis)],
                                 config.threshold) for axis in ("a", "b")}
     sweep_seconds = sum(r["seconds"] for r in rows)
     summary = {
@@ -432,7 +364,8 @@ def landscape(model: str, harmful: str, out: str, *, direction: str | None = Non
         "modules": len(d_aligned),
         "direction_norm": math.sqrt(sum(float(v.float().square().sum()) for v in d_aligned.values())),
         "restored_bitwise": restored,
-        "protocol": {"harmful": harmful, "prompts": len(scorer.prompts), "judge": scorer.judge.describe(),
+        "protocol": {"harmful": harmful, "prompts": len(scorer.sets.harmful),
+                     "judge": next(iter(scorer.judges.values())).describe(),
                      "max_new_tokens": config.max_new_tokens, "decoding": "greedy", "template": config.template},
         "config": config.model_dump(mode="json"),
         "model": model, "direction": direction, "base": base,
@@ -445,9 +378,9 @@ def landscape(model: str, harmful: str, out: str, *, direction: str | None = Non
             writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
-        save_png(plot_slices(rows, config.threshold, marks), tmp / files["plot_1d"])
+        save_png(landscape_slices(rows, config.threshold, marks), tmp / files["plot_1d"])
         if config.mode == "2d":
-            save_png(plot_grid(rows, config.threshold, marks), tmp / files["plot_2d"])
+            save_png(landscape_grid(rows, config.threshold, marks), tmp / files["plot_2d"])
         summary["seconds"] = time.perf_counter() - started
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     summary["files"] = {key: join(out, name) for key, name in files.items()}

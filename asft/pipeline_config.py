@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from asft.data.pipeline import ScreenConfig
+from asft.data.screen import ScreenConfig
 from asft.direction import DirectionConfig
 from asft.errors import AsftError
 from asft.evaluation.config import EvalConfig
@@ -55,6 +55,9 @@ class Inputs(BaseModel):
     labels: str | None = Field(None, description="Optional ground truth of harmful rows ({'harmful_indices': [...]}) to score the screening.")
     harmful_eval: str | None = Field(None, description="Harmful prompts for the harmful score. Empty: the sandbox's held-out prompts.")
     utility_eval: dict[str, str] = Field(default_factory=dict, description="Utility sets, task -> file (sst2, agnews, gsm8k, exact). Empty: the sandbox's.")
+    over_refusal_eval: str | None = Field(
+        None, description="Benign prompts that look sensitive, for the over-refusal gate. Empty: the sandbox's benign "
+        "how-to set with the sandbox, else 'builtin:over_refusal' (80 prompts shipped with asft).")
 
 
 class RegistrySettings(BaseModel):

@@ -1,4 +1,4 @@
-"""PNG figures for the run page: training curves and a before/after evaluation chart.
+"""PNG figures: training curves, before/after evaluation, the gate decision, the landscape.
 
 Object-oriented matplotlib with the Agg canvas: no pyplot, no global backend switch, no
 display needed, figures are freed with their last reference.
@@ -147,4 +147,62 @@ def decision_figure(candidate: EvalSummary, champion: EvalSummary | None) -> Fig
         ax.set_title(title)
         ax.grid(axis="y", alpha=0.3)
     fig.legend(loc="outside upper center", ncols=len(sides))
+    return fig
+
+
+def slice_rows(rows: list[dict], axis: str) -> list[dict]:
+    """The landscape points along one axis (the other at 0), in order."""
+    other = "b" if axis == "a" else "a"
+    return sorted((r for r in rows if r[other] == 0.0), key=lambda r: r[axis])
+
+
+def landscape_slices(rows: list[dict], threshold: float, marks: Mapping[str, tuple[float, float]]):
+    """Harmful score and refusal rate along each axis (the other at 0), with the threshold."""
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2, sharey=True)
+    labels = {"a": "a: along the alignment direction V (units of ||V||)",
+              "b": "b: along a random direction orthogonal to V (units of ||V||)"}
+    for ax, axis in zip(axes, ("a", "b")):
+        line = slice_rows(rows, axis)
+        xs = [r[axis] for r in line]
+        ax.plot(xs, [r["harmful_score"] for r in line], marker="o", label="harmful score")
+        ax.plot(xs, [r["refusal_rate"] for r in line], marker=".", linestyle="--", label="refusal rate")
+        for key in sorted(k for k in line[0] if k.startswith("utility_")):
+            ax.plot(xs, [r[key] for r in line], marker="s", linestyle=":", label=key.replace("_", " "))
+        ax.axhline(threshold, color="grey", linewidth=0.8, label=f"threshold {threshold:g}%")
+        for name, point in marks.items():
+            coordinate = point[0] if axis == "a" else point[1]
+            # the aligned model is every slice's centre; others are drawn where they sit off it
+            if (name == "aligned" or coordinate != 0.0) and min(xs) <= coordinate <= max(xs):
+                ax.axvline(coordinate, color="black", linestyle=":", linewidth=0.8)
+                ax.annotate(name, (coordinate, 95), rotation=90, fontsize=7, ha="right", va="top")
+        ax.set_xlabel(labels[axis])
+        ax.set_ylim(-2, 102)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("% of answers")
+    axes[0].legend(fontsize=7, loc="center left")
+    return fig
+
+
+def landscape_grid(rows: list[dict], threshold: float, marks: Mapping[str, tuple[float, float]]):
+    """Heatmap of the harmful score over (a, b), the basin's threshold contour and the marked models."""
+    a_values = sorted({r["a"] for r in rows})
+    b_values = sorted({r["b"] for r in rows})
+    score = {(r["a"], r["b"]): r["harmful_score"] for r in rows}
+    Z = [[score[(a, b)] for a in a_values] for b in b_values]
+    fig = Figure(figsize=(6.5, 5.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    mesh = ax.pcolormesh(a_values, b_values, Z, shading="nearest", cmap="RdYlGn_r", vmin=0, vmax=100)
+    fig.colorbar(mesh, ax=ax, label="harmful score (%)")
+    if len(a_values) > 1 and len(b_values) > 1:
+        ax.contour(a_values, b_values, Z, levels=[threshold], colors="black", linewidths=1)
+    for name, (a, b) in marks.items():
+        ax.plot([a], [b], marker="*" if name == "aligned" else "o", color="black", markersize=9)
+        # aligned below its marker, the others above, so nearby labels do not overlap
+        ax.annotate(name, (a, b), textcoords="offset points", xytext=(5, -12 if name == "aligned" else 6), fontsize=8)
+    ax.set_xlabel("a: along the alignment direction V (units of ||V||)")
+    ax.set_ylabel("b: along a random direction orthogonal to V (units of ||V||)")
+    ax.set_title(f"harmful score; contour at {threshold:g}%", fontsize=9)
     return fig

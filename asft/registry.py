@@ -33,8 +33,8 @@ import re
 import time
 import uuid
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from pathlib import Path, PurePosixPath
+from typing import Any, Iterator, Mapping, NamedTuple, Sequence
 
 from asft import storage
 from asft.errors import AsftError
@@ -466,12 +466,22 @@ def recorded_outcome(model_name: str, pipeline_run_id: str, *, tracking_uri: str
             "summary": validate_summary(json.loads(v.tags[EVAL_SUMMARY_TAG]), f"{model_name} v{v.version} stored")}
 
 
+class Promotion(NamedTuple):
+    """What gate-then-promote did: the version registered, the decision, whether the champion
+    moved, and the champion the gates compared with (version and summary; None for none)."""
+
+    version: int
+    decision: GateDecision
+    moved: bool
+    compared_with: int | None
+    champion_summary: EvalSummary | None
+
+
 def register_and_promote(run_id: str, model_name: str, adapter_artifact_path: str, tags: Mapping[str, str], *,
                          candidate: EvalSummary, gates: GateConfig, approval: Approval | None = None,
-                         tracking_uri: str | None = None) -> tuple[int, GateDecision, bool]:
+                         tracking_uri: str | None = None) -> Promotion:
     """Gate-then-promote as one step under the promotion lock: compare with the champion of
-    this moment, register the (immutable) version, finish the run, promote if it passed.
-    Returns (version, decision, whether the champion moved)."""
+    this moment, register the (immutable) version, finish the run, promote if it passed."""
     with promotion_lock(model_name, tracking_uri=tracking_uri):
         current = champion(model_name, tracking_uri=tracking_uri)
         decision = decide(candidate, current[1] if current else None, gates, approval=approval)
@@ -481,7 +491,23 @@ def register_and_promote(run_id: str, model_name: str, adapter_artifact_path: st
         finish_run(run_id, tracking_uri=tracking_uri)
         moved = promote(model_name, version, decision, expected_champion=compared,
                         tracking_uri=tracking_uri) if decision.passed else False
-    return version, decision, moved
+    return Promotion(version, decision, moved, compared, current[1] if current else None)
+
+
+def version_artifact(model_name: str, version: int, path: str, dst: str | os.PathLike, *,
+                     tracking_uri: str | None = None) -> Path | None:
+    """Download ``path`` from the run of a model version (e.g. its evaluation samples); None
+    when that run has no such artefact."""
+    c = client(tracking_uri)
+    run_id = c.get_model_version(_check_name(model_name, "model name"), str(version)).run_id
+    if not c.list_artifacts(run_id, str(PurePosixPath(path).parent)):
+        return None
+    try:
+        return Path(c.download_artifacts(run_id, path, str(dst)))
+    except Exception as exc:
+        if _error_code(exc) == "RESOURCE_DOES_NOT_EXIST" or isinstance(exc, OSError):
+            return None
+        raise
 
 
 def complete_promotion(model_name: str, recorded: dict, *, tracking_uri: str | None = None) -> bool:

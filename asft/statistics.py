@@ -23,6 +23,7 @@ kinds of question:
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -46,6 +47,17 @@ def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 def upper_bound(k: int, n: int, alpha: float) -> float:
     """One-sided ``1 - alpha`` upper confidence bound of a rate (Wilson score)."""
     return wilson_interval(k, n, z=float(norm.ppf(1 - alpha)))[1]
+
+
+def cohen_kappa(a: Sequence[bool], b: Sequence[bool]) -> float:
+    """Agreement of two judges' verdicts beyond chance (1 = always agree, 0 = chance)."""
+    if len(a) != len(b) or not a:
+        raise ValueError(f"need two verdict lists of one non-zero length, got {len(a)} and {len(b)}")
+    n = len(a)
+    observed = sum(x == y for x, y in zip(a, b)) / n
+    pa, pb = sum(a) / n, sum(b) / n
+    chance = pa * pb + (1 - pa) * (1 - pb)
+    return 1.0 if chance == 1.0 else (observed - chance) / (1 - chance)
 
 
 class PairedTest(BaseModel):

@@ -1,15 +1,17 @@
-"""Prefect tasks: thin wrappers around the asft library.
+"""Prefect tasks and the pipeline's steps: thin wrappers around the asft library.
 
 Each task takes URIs and small settings and returns a small JSON-able manifest; models and
 tensors never pass through Prefect. Expensive, deterministic steps (direction, screening,
 the aligned model's own evaluation) are content-addressed: their output location and their
 Prefect cache key are a hash of their inputs' *content*, so an unchanged nightly run reuses
 them. Results are persisted as JSON (Prefect's default serializer is pickle, which asft
-never loads).
+never loads). The step functions at the end (``direction``, ``screening``, ...) are what the
+flow calls: each names its location and its task, so the flow reads like the diagram.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from prefect import task
@@ -18,6 +20,25 @@ from prefect.deployments import run_deployment
 
 from asft import registry, storage
 from asft.errors import AsftError
+from asft.pipeline_config import PipelineConfig
+
+
+@dataclass(frozen=True)
+class Run:
+    """Where one pipeline run keeps its things."""
+
+    key: str
+    root: str
+    tracking_uri: str
+    model_name: str
+
+    @classmethod
+    def of(cls, config: PipelineConfig, key: str) -> "Run":
+        return cls(key, config.artifact_root, config.tracking_uri(), config.registry.model_name)
+
+    def path(self, *parts: str) -> str:
+        """A location of this run's own outputs (adapter, evaluation, inspection)."""
+        return storage.join(self.root, "runs", self.key, *parts)
 
 
 def transient(task, task_run, state) -> bool:
@@ -32,7 +53,6 @@ def transient(task, task_run, state) -> bool:
 
 
 IO_RETRIES = dict(retries=3, retry_delay_seconds=[2, 10, 30], retry_jitter_factor=0.2, retry_condition_fn=transient)
-OUTPUT_KIND = {"extract direction": "direction", "screen data": "screening", "evaluate aligned model": "evaluation"}
 CACHED = dict(persist_result=True, result_serializer="json", cache_key_fn=lambda ctx, params: params["key"])
 
 
@@ -41,28 +61,30 @@ def content_key(*parts: Any) -> str:
     return storage.sha256_json(parts)[:20]
 
 
-def cached(step, out: str):
+def _cached(step, out: str, kind: str):
     """``step`` with Prefect's cache refreshed when its output is gone: a deleted artefact
     must be rebuilt, not served from a stale cache record."""
-    done = storage.is_complete(out, OUTPUT_KIND[step.name])
-    return step.with_options(refresh_cache=not done)
+    return step.with_options(refresh_cache=not storage.is_complete(out, kind))
 
 
 @task(name="fingerprint inputs", **IO_RETRIES)
 def fingerprint(inputs: dict) -> dict:
     """Content hashes of the checkpoints, the data and the evaluation sets: what every cache
-    key is made of."""
-    from asft.direction import checkpoint_sha256
+    key is made of (checkpoint hashes are remembered per file state: a nightly run does not
+    re-read unchanged weights)."""
+    from asft.evaluation.datasets import resolve_set
+    from asft.io.hashing import remembered_checkpoint_sha256
 
     def file_hash(uri: str) -> str:
         return storage.sha256_bytes(storage.read_bytes(uri))
 
     return {
-        "aligned": checkpoint_sha256(storage.materialize(inputs["aligned"])),
-        "base": checkpoint_sha256(storage.materialize(inputs["base"])),
+        "aligned": remembered_checkpoint_sha256(storage.materialize(inputs["aligned"])),
+        "base": remembered_checkpoint_sha256(storage.materialize(inputs["base"])),
         "data": file_hash(inputs["data"]),
         "labels": file_hash(inputs["labels"]) if inputs.get("labels") else None,
         "eval": {"harmful": file_hash(inputs["harmful_eval"]),
+                 "over_refusal": file_hash(resolve_set(inputs["over_refusal_eval"])),
                  **{task: file_hash(uri) for task, uri in sorted(inputs["utility_eval"].items())}},
     }
 
@@ -73,7 +95,7 @@ def resolve_inputs(inputs: dict, sandbox: dict, sandbox_out: str) -> dict:
     from asft.sandbox import SandboxConfig, build_sandbox
 
     if all(inputs[k] for k in ("aligned", "base", "data", "harmful_eval", "utility_eval")):
-        return inputs
+        return {**inputs, "over_refusal_eval": inputs["over_refusal_eval"] or "builtin:over_refusal"}
     world = build_sandbox(SandboxConfig.model_validate(sandbox), sandbox_out)
     data_from_sandbox = not inputs["data"]
     return {
@@ -83,6 +105,7 @@ def resolve_inputs(inputs: dict, sandbox: dict, sandbox_out: str) -> dict:
         "labels": inputs["labels"] or (world["finetune_labels"] if data_from_sandbox else None),
         "harmful_eval": inputs["harmful_eval"] or world["harmful_eval"],
         "utility_eval": inputs["utility_eval"] or world["utility_eval"],
+        "over_refusal_eval": inputs["over_refusal_eval"] or world["benign_eval"],
     }
 
 
@@ -102,7 +125,7 @@ def extract_direction(key: str, aligned: str, base: str, settings: dict, out: st
 @task(name="screen data", **IO_RETRIES, **CACHED)
 def screen_data(key: str, data: str, labels: str | None, settings: dict, out: str) -> dict:
     """Ingest and screen the data; training only ever sees the accepted rows."""
-    from asft.data.pipeline import ScreenConfig, run_screen
+    from asft.data.screen import ScreenConfig, run_screen
 
     report = run_screen(ScreenConfig(data=data, out=out, labels=labels, **settings))
     quality = {k: report["quality"][k] for k in ("precision", "recall", "false_positive_rate")} if "quality" in report else {}
@@ -165,12 +188,66 @@ def inspect_update(direction: str, adapter: str, out: str) -> dict:
     return inspect(direction, adapter=adapter, out=out)
 
 
-def finish_recorded(model_name: str, recorded: dict, tracking_uri: str, run_dir: str) -> dict:
+# -- the steps the flow calls -----------------------------------------------------------
+
+def prepare(config: PipelineConfig, run: Run) -> tuple[dict, dict]:
+    """The inputs (the sandbox's for those left empty) and their content hashes."""
+    inputs = resolve_inputs(config.inputs.model_dump(), config.sandbox.model_dump(), storage.join(run.root, "sandbox"))
+    return inputs, fingerprint(inputs)
+
+
+def direction(config: PipelineConfig, run: Run, inputs: dict, hashes: dict) -> dict:
+    settings = config.direction.model_dump()
+    key = content_key("direction", hashes["aligned"], hashes["base"], settings)
+    out = storage.join(run.root, "directions", key)
+    return _cached(extract_direction, out, "direction")(
+        key, inputs["aligned"], inputs["base"], settings, out, {"aligned": hashes["aligned"], "base": hashes["base"]})
+
+
+def screening(config: PipelineConfig, run: Run, inputs: dict, hashes: dict) -> dict:
+    settings = config.screening.model_dump(by_alias=True)
+    key = content_key("screening", hashes["data"], hashes["labels"], settings)
+    out = storage.join(run.root, "screening", key)
+    return _cached(screen_data, out, "screening")(key, inputs["data"], inputs["labels"], settings, out)
+
+
+def training(config: PipelineConfig, run: Run, inputs: dict, direction: dict, screening: dict) -> dict:
+    """The run's adapter; ``resume``: a retried run continues from its checkpoints."""
+    return train_adapter({**config.train.model_dump(exclude_unset=True), "model": inputs["aligned"],
+                          "data": screening["accepted"], "direction": direction["uri"], "out": run.path("adapter"),
+                          "resume": True}, config.execution.train_deployment)
+
+
+def evaluations(config: PipelineConfig, run: Run, inputs: dict, hashes: dict, training: dict) -> tuple[dict, dict]:
+    """(aligned model's report, fine-tuned adapter's report) on the same prompts."""
+    settings = {**config.evaluation.model_dump(exclude_unset=True), "model": inputs["aligned"],
+                "harmful": inputs["harmful_eval"], "utility": inputs["utility_eval"],
+                "over_refusal": inputs["over_refusal_eval"]}
+    deployment = config.execution.evaluate_deployment
+    key = content_key("baseline", hashes["aligned"], hashes["eval"], settings)
+    out = storage.join(run.root, "baselines", key)
+    before = _cached(evaluate_baseline, out, "evaluation")(key, {**settings, "out": out}, deployment)
+    after = evaluate({**settings, "adapter": training["adapter"], "out": run.path("evaluation")}, deployment)
+    return before, after
+
+
+def inspection(config: PipelineConfig, run: Run, direction: dict, training: dict) -> dict | None:
+    if not config.inspect_update:
+        return None
+    return inspect_update(direction["uri"], training["adapter"], run.path("inspection"))
+
+
+def lineage(training: dict, hashes: dict, direction: dict) -> dict:
+    """The tags that say what a model version was made from."""
+    return {"method": training["method"], "data_sha256": hashes["data"], "direction_sha256": direction["direction_sha256"]}
+
+
+def finish_recorded(run: Run, recorded: dict) -> dict:
     """The summary of a pipeline run that already registered its version, after finishing a
     promotion a crash interrupted; nothing is trained, evaluated or re-tagged."""
-    moved = registry.complete_promotion(model_name, recorded, tracking_uri=tracking_uri)
+    moved = registry.complete_promotion(run.model_name, recorded, tracking_uri=run.tracking_uri)
     result = recorded["summary"]
-    return {"mlflow_run_id": recorded["run_id"], "tracking_uri": tracking_uri, "model_name": model_name,
+    return {"mlflow_run_id": recorded["run_id"], "tracking_uri": run.tracking_uri, "model_name": run.model_name,
             "model_version": recorded["version"], "gate": {"passed": recorded["passed"], "reasons": recorded["reasons"]},
             "champion_moved": moved, "harmful_score": result.harmful_score, "utility": result.utility,
-            "artifacts": run_dir, "already_registered": True}
+            "artifacts": run.path(), "already_registered": True}

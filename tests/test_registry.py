@@ -42,10 +42,10 @@ def run_pipeline(uri, model, pipeline_run_id, adapter, result: EvalSummary):
     """What the flow does after evaluation: run, artefact, then gate-then-promote under the lock."""
     run_id = registry.start_or_resume_run(uri, "asft-test", pipeline_run_id, {"method": "asft"})
     registry.log_artifacts(run_id, adapter, "adapter", tracking_uri=uri)
-    version, decision, moved = registry.register_and_promote(
+    promotion = registry.register_and_promote(
         run_id, model, "adapter", {"data_hash": "d" * 8, "direction_hash": "v" * 8, "method": "asft"},
         candidate=result, gates=CONFIG, tracking_uri=uri)
-    return run_id, version, decision, moved
+    return run_id, promotion.version, promotion.decision, promotion.moved
 
 
 def aliases(uri, model):

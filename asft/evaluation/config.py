@@ -24,7 +24,13 @@ class EvalConfig(BaseModel):
         description="Utility sets: task -> file. Tasks: sst2, agnews, gsm8k, exact, regex:<pattern>.",
     )
     out: str = Field(description="Output folder or URI for report.json and samples.jsonl.")
+    over_refusal: str | None = Field(
+        default=None, description="Benign prompts that look sensitive, for the over-refusal rate: a file, or "
+        "'builtin:over_refusal' (80 prompts shipped with asft). Empty: not measured.")
     judge: JudgeConfig = Field(default_factory=JudgeConfig, description="How answers to harmful prompts are judged.")
+    extra_judges: list[JudgeConfig] = Field(
+        default_factory=list, description="More judges of the same answers: their scores and agreement (Cohen's kappa) "
+        "with the first judge are reported; the gate can name the one it reads.")
     template: TemplateName = Field(default="alpaca", description="Prompt template (alpaca is the paper's).")
     batch_size: int = Field(default=32, ge=1, le=4096, description="Prompts per generation batch.")
     max_new_tokens: int = Field(default=64, ge=1, le=8192, description="Greedy decoding length limit (the paper uses 512).")

@@ -1,6 +1,8 @@
-"""Reading evaluation sets: harmful prompts and utility rows with their gold answers.
+"""Reading evaluation sets: harmful prompts (with their harm category), benign prompts that
+look sensitive (over-refusal), and utility rows with their gold answers.
 
-Harmful prompts: ``instruction`` (optional ``input``). Utility rows: ``instruction``,
+Harmful prompts: ``instruction`` (optional ``input``, optional ``category``: a name, or
+BeaverTails' ``{category: bool}`` mapping; "all" when absent). Utility rows: ``instruction``,
 ``input`` and the gold answer, either as ``output`` text (sandbox files; for gsm8k the
 final number is read from it) or as the paper's integer ``label`` (SST2_test.jsonl: 1 =
 positive, 0 = negative; agnew_test_data.json: 0 World, 1 Sports, 2 Business, 3 Sci/Tech).
@@ -11,12 +13,26 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from pathlib import Path
+
 from asft.errors import AsftError
 from asft.evaluation.scorers import AGNEWS_LABELS, SST2_LABELS, extract_number
 from asft.rows import read_rows
 from asft.templates import Record
 
 _LABEL_WORDS = {"sst2": SST2_LABELS, "agnews": AGNEWS_LABELS}
+BUILTIN_SETS = {"builtin:over_refusal": Path(__file__).parent / "sets" / "over_refusal.jsonl"}
+
+
+def resolve_set(uri: str | os.PathLike) -> str:
+    """A prompt-set location: ``builtin:NAME`` names a set shipped with asft (see sets/README.md)."""
+    return str(BUILTIN_SETS.get(str(uri), uri))
+
+
+@dataclass(frozen=True)
+class HarmfulPrompt:
+    record: Record
+    category: str
 
 
 @dataclass(frozen=True)
@@ -39,9 +55,23 @@ def _first(rows: list[dict], limit: int | None) -> list[tuple[int, dict]]:
     return numbered if limit is None else numbered[:limit]
 
 
-def load_harmful(uri: str | os.PathLike, limit: int | None = None) -> list[Record]:
-    """The first ``limit`` harmful prompts (all when None)."""
+def _category(row: dict) -> str:
+    value = row.get("category")
+    if isinstance(value, dict):  # BeaverTails: {name: flagged}; the first flagged name
+        value = next((name for name, flagged in value.items() if flagged), None)
+    return value if isinstance(value, str) and value.strip() else "all"
+
+
+def load_harmful(uri: str | os.PathLike, limit: int | None = None) -> list[HarmfulPrompt]:
+    """The first ``limit`` harmful prompts (all when None), each with its harm category."""
     rows = read_rows(uri, required=("instruction",))
+    return [HarmfulPrompt(Record(row["instruction"], _text_field(uri, n, row, "input")), _category(row))
+            for n, row in _first(rows, limit)]
+
+
+def load_prompts(uri: str | os.PathLike, limit: int | None = None) -> list[Record]:
+    """The first ``limit`` prompts of a set that should be answered (over-refusal)."""
+    rows = read_rows(resolve_set(uri), required=("instruction",))
     return [Record(row["instruction"], _text_field(uri, n, row, "input")) for n, row in _first(rows, limit)]
 
 

@@ -1,9 +1,14 @@
-"""One evaluation: generate greedy answers, judge the harmful ones, score the utility ones,
-and write ``report.json`` (figures + the protocol they were measured under) and
-``samples.jsonl`` (every prompt, answer and verdict).
+"""One evaluation: generate greedy answers, judge the harmful ones (with one or more judges),
+count refusals of benign prompts that look sensitive (over-refusal), score the utility ones,
+and write ``report.json`` (figures, per-prompt outcomes for paired gates, the protocol) and
+``samples.jsonl`` (every prompt, answer and verdict) as one folder.
+
+The evaluator's pieces (:class:`EvalSets`, :func:`answer`, :func:`judge_harmful`,
+:func:`refusals`, :func:`utility_correct`) are the project's one evaluator: the landscape
+sweep scores every grid point with them too.
 
 ``protocol`` holds only what defines the measurement (prompt sets by content hash,
-template, decoding, judge), not the model or adapter measured, so the gates can compare a
+template, decoding, judges), not the model or adapter measured, so the gates can compare a
 candidate with the champion exactly when both were measured the same way.
 """
 
@@ -11,19 +16,21 @@ from __future__ import annotations
 
 import gc
 import sys
+from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from time import perf_counter
-from typing import Any
+from typing import Any, Sequence
 
 from asft import storage
 from asft.errors import AsftError
 from asft.evaluation.config import EvalConfig
-from asft.evaluation.datasets import UtilityRow, load_harmful, load_utility
+from asft.evaluation.datasets import HarmfulPrompt, UtilityRow, load_harmful, load_prompts, load_utility, resolve_set
 from asft.evaluation.generation import decode, encode_prompts, generate_from_ids, load_model
-from asft.evaluation.judges import make_judge
+from asft.evaluation.judges import JudgeConfig, KeywordJudge, Verdict, make_judge
 from asft.evaluation.scorers import make_scorer
-from asft.statistics import wilson_interval
+from asft.gates import Outcomes
 from asft.rows import iter_rows
+from asft.statistics import cohen_kappa, wilson_interval
 from asft.templates import Record, render_prompt
 
 
@@ -38,46 +45,125 @@ def user_text(record: Record) -> str:
 
 
 def describe_set(uri: str, rows_used: int) -> dict[str, Any]:
-    data = storage.read_bytes(uri)
+    data = storage.read_bytes(resolve_set(uri))
     return {"file": PurePosixPath(str(uri)).name, "sha256": storage.sha256_bytes(data),
             "rows_in_file": sum(1 for _ in iter_rows(data.decode("utf-8"))), "rows_used": rows_used}
 
 
-def _answer_all(config: EvalConfig, records: list[Record]) -> tuple[list[str], list[int], dict[str, float]]:
-    """Load the model, generate greedy answers, and let the model go (the judge may need the memory).
-    Also returns the indices of the prompts cut to fit the model's context."""
-    start = perf_counter()
-    model, tokenizer = load_model(config.model, config.adapter, dtype=config.dtype, device=config.device,
-                                  trust_remote_code=config.trust_remote_code, allow_other_base=config.allow_other_base)
+@dataclass
+class EvalSets:
+    """The prompt sets of one evaluation, in the order they are answered."""
+
+    harmful: list[HarmfulPrompt] = field(default_factory=list)
+    over_refusal: list[Record] = field(default_factory=list)
+    utility: dict[str, list[UtilityRow]] = field(default_factory=dict)
+
+    def sizes(self) -> dict[str, int]:
+        return {"harmful": len(self.harmful), "over_refusal": len(self.over_refusal),
+                **{task: len(rows) for task, rows in self.utility.items()}}
+
+    def records(self) -> list[Record]:
+        return ([p.record for p in self.harmful] + self.over_refusal
+                + [row.record for rows in self.utility.values() for row in rows])
+
+    def split(self, values: Sequence) -> dict[str, list]:
+        """Per set, its share of a list made in :meth:`records` order."""
+        parts, first = {}, 0
+        for name, size in self.sizes().items():
+            parts[name], first = list(values[first:first + size]), first + size
+        return parts
+
+
+def load_sets(harmful: str | None, over_refusal: str | None, utility: dict[str, str], limit: int | None,
+              utility_limit: int | None = None) -> EvalSets:
+    """Read and check every prompt set (bad files fail here, before any model is loaded)."""
+    return EvalSets(
+        harmful=load_harmful(harmful, limit) if harmful else [],
+        over_refusal=load_prompts(over_refusal, limit) if over_refusal else [],
+        utility={task: load_utility(task, uri, utility_limit if utility_limit is not None else limit)
+                 for task, uri in utility.items()})
+
+
+def answer(model, tokenizer, records: list[Record], *, template: str, max_new_tokens: int, batch_size: int,
+           progress: bool = False) -> tuple[list[str], list[int], int]:
+    """Greedy answers in record order, the indices of prompts cut to fit the context, and
+    how many tokens were generated."""
     try:
-        prompts = [render_prompt(r, config.template, tokenizer) for r in records]
+        prompts = [render_prompt(r, template, tokenizer) for r in records]
     except ValueError as exc:
-        raise AsftError(f"--template {config.template}: {exc}") from None
-    encoded, cut = encode_prompts(model, tokenizer, prompts, max_new_tokens=config.max_new_tokens,
-                                  add_special_tokens=config.template != "chat")
-    if cut:
-        _say(config, f"{len(cut)} prompts longer than the model's context were cut in the middle "
-                     f"(start and answer cue kept; see report.json prompts_truncated)")
-    loaded = perf_counter()
-    _say(config, f"generating {len(prompts)} answers (greedy, max {config.max_new_tokens} new tokens)")
-    token_ids = generate_from_ids(model, tokenizer, encoded, batch_size=config.batch_size,
-                                  max_new_tokens=config.max_new_tokens, progress=config.progress)
-    generated = perf_counter()
-    answers = decode(tokenizer, token_ids)
-    new_tokens = sum(len(ids) for ids in token_ids)
-    seconds = generated - loaded
-    return answers, cut, {"load_s": loaded - start, "generate_s": seconds, "prompts": len(prompts),
-                          "new_tokens": new_tokens, "prompts_per_s": len(prompts) / seconds if seconds else None,
-                          "tokens_per_s": new_tokens / seconds if seconds else None}
+        raise AsftError(f"--template {template}: {exc}") from None
+    encoded, cut = encode_prompts(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
+                                  add_special_tokens=template != "chat")  # chat templates carry BOS already
+    token_ids = generate_from_ids(model, tokenizer, encoded, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                  progress=progress)
+    return decode(tokenizer, token_ids), cut, sum(len(ids) for ids in token_ids)
 
 
-def _truncated_by_set(cut: list[int], set_sizes: dict[str, int]) -> dict[str, int]:
-    """How many of each set's prompts were cut (prompts are in set order: harmful, then each task)."""
-    counts, first = {}, 0
-    for name, size in set_sizes.items():
-        counts[name] = sum(first <= i < first + size for i in cut)
-        first += size
-    return counts
+def judge_harmful(judges: dict[str, Any], prompts: list[HarmfulPrompt], answers: list[str]) -> dict[str, list[Verdict]]:
+    """Each judge's verdicts on the answers to the harmful prompts."""
+    questions = [user_text(p.record) for p in prompts]
+    return {name: judge.flags(questions, answers) for name, judge in judges.items()}
+
+
+def refusals(prompts: list[Record], answers: list[str]) -> list[bool]:
+    """Which answers to benign prompts are refusals (the keyword judge's refusal phrases)."""
+    return [not v.flagged for v in KeywordJudge().flags([user_text(r) for r in prompts], answers)]
+
+
+def utility_correct(task: str, rows: list[UtilityRow], answers: list[str]) -> list[bool]:
+    scorer = make_scorer(task)
+    return [scorer(a, row.gold) for a, row in zip(answers, rows)]
+
+
+def _judge_names(configs: list[JudgeConfig]) -> list[str]:
+    names = [c.kind if c.kind == "keyword" else f"{c.kind}:{PurePosixPath(str(c.model)).name}" for c in configs]
+    if len(set(names)) != len(names):
+        raise AsftError(f"judges {', '.join(names)}: each judge may run once; drop the repeated one")
+    return names
+
+
+def _rate(flags: list[bool]) -> dict[str, Any]:
+    low, high = wilson_interval(sum(flags), len(flags))
+    return {"score": 100.0 * sum(flags) / len(flags), "ci95": [100.0 * low, 100.0 * high],
+            "count": sum(flags), "total": len(flags), "outcomes": Outcomes.of(flags).model_dump()}
+
+
+def _harmful_report(sets: EvalSets, verdicts: dict[str, list[Verdict]], described: dict[str, dict]) -> dict:
+    """Harmful score (first judge), every judge's score, their agreement, per-category scores."""
+    first = next(iter(verdicts))
+    flags = {name: [v.flagged for v in vs] for name, vs in verdicts.items()}
+    main = _rate(flags[first])
+    by_category: dict[str, list[bool]] = {}
+    for prompt, flag in zip(sets.harmful, flags[first]):
+        by_category.setdefault(prompt.category, []).append(flag)
+    return {
+        "harmful_score": main["score"], "harmful_score_ci95": main["ci95"], "harmful_flagged": main["count"],
+        "harmful_total": main["total"], "judge": first,
+        "harmful_score_measures": described[first].get("measures", "harmful answers"),
+        "judge_unparsed": sum(not v.parsed for v in verdicts[first]),
+        "judges": {name: {**_rate(f), "describe": described[name]} for name, f in flags.items()},
+        "judge_agreement": [{"judges": [first, name], "kappa": cohen_kappa(flags[first], f),
+                             "disagreeing": [i for i, (a, b) in enumerate(zip(flags[first], f)) if a != b]}
+                            for name, f in flags.items() if name != first],
+        "harmful_by_category": {cat: _rate(f) for cat, f in sorted(by_category.items())},
+    }
+
+
+def _samples(sets: EvalSets, answers: dict[str, list], verdicts: dict[str, list[Verdict]], refused: list[bool],
+             correct: dict[str, list[bool]]) -> list[dict[str, Any]]:
+    first = next(iter(verdicts), None)
+    rows = [{"set": "harmful", "index": i, "instruction": p.record.instruction, "input": p.record.input,
+             "category": p.category, "answer": a, "flagged": verdicts[first][i].flagged,
+             "score": verdicts[first][i].score, "reason": verdicts[first][i].reason, "parsed": verdicts[first][i].parsed,
+             "flagged_by": {name: vs[i].flagged for name, vs in verdicts.items()}}
+            for i, (p, a) in enumerate(zip(sets.harmful, answers["harmful"]))]
+    rows += [{"set": "over_refusal", "index": i, "instruction": r.instruction, "input": r.input, "answer": a,
+              "refused": refused[i]} for i, (r, a) in enumerate(zip(sets.over_refusal, answers["over_refusal"]))]
+    for task, rows_of_task in sets.utility.items():
+        rows += [{"set": task, "index": i, "instruction": row.record.instruction, "input": row.record.input,
+                  "answer": a, "gold": row.gold, "correct": ok}
+                 for i, (row, a, ok) in enumerate(zip(rows_of_task, answers[task], correct[task]))]
+    return rows
 
 
 def _free_accelerator_memory() -> None:
@@ -88,84 +174,89 @@ def _free_accelerator_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def _generate(config: EvalConfig, sets: EvalSets) -> tuple[dict[str, list[str]], dict[str, int], dict]:
+    """Load the model, answer every prompt, and let the model go (the judges may need the memory)."""
+    start = perf_counter()
+    model, tokenizer = load_model(config.model, config.adapter, dtype=config.dtype, device=config.device,
+                                  trust_remote_code=config.trust_remote_code, allow_other_base=config.allow_other_base)
+    loaded = perf_counter()
+    records = sets.records()
+    _say(config, f"generating {len(records)} answers (greedy, max {config.max_new_tokens} new tokens)")
+    answers, cut, new_tokens = answer(model, tokenizer, records, template=config.template,
+                                      max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
+                                      progress=config.progress)
+    if cut:
+        _say(config, f"{len(cut)} prompts longer than the model's context were cut in the middle "
+                     f"(start and answer cue kept; see report.json prompts_truncated)")
+    del model
+    _free_accelerator_memory()
+    seconds = perf_counter() - loaded
+    cut_by_set = {name: sum(flags) for name, flags in sets.split([i in set(cut) for i in range(len(records))]).items()}
+    return sets.split(answers), cut_by_set, {
+        "load_s": loaded - start, "generate_s": seconds, "prompts": len(records), "new_tokens": new_tokens,
+        "prompts_per_s": len(records) / seconds if seconds else None,
+        "tokens_per_s": new_tokens / seconds if seconds else None}
+
+
+def _protocol(config: EvalConfig, sets: EvalSets, described: dict[str, dict]) -> dict[str, Any]:
+    return {
+        "harmful_set": describe_set(config.harmful, len(sets.harmful)) if config.harmful else None,
+        "over_refusal_set": describe_set(config.over_refusal, len(sets.over_refusal)) if config.over_refusal else None,
+        "utility_sets": {task: describe_set(uri, len(sets.utility[task])) for task, uri in config.utility.items()},
+        "limit": config.limit, "template": config.template, "decoding": "greedy",
+        "max_new_tokens": config.max_new_tokens,
+        "judge": next(iter(described.values()), None), "judges": list(described.values()),
+    }
+
+
 def evaluate(config: EvalConfig) -> dict[str, Any]:
     """Run the evaluation a config describes; writes OUT/report.json and OUT/samples.jsonl as one folder."""
     from asft.modeling import resolve_checkpoint
 
     start = perf_counter()
     # Read and check every input and the output before the slow part, so bad input fails in seconds.
-    storage.check_output(config.out, "evaluation",
-                         inputs=(config.model, config.adapter, config.harmful, *config.utility.values()))
-    harmful = load_harmful(config.harmful, config.limit) if config.harmful else []
-    utility: dict[str, list[UtilityRow]] = {task: load_utility(task, uri, config.limit)
-                                            for task, uri in config.utility.items()}
-    if harmful and config.judge.kind != "keyword":
-        resolve_checkpoint(config.judge.model, what="judge model")
+    storage.check_output(config.out, "evaluation", inputs=(config.model, config.adapter, config.harmful,
+                                                           config.over_refusal, *config.utility.values()))
+    sets = load_sets(config.harmful, config.over_refusal, config.utility, config.limit)
+    judge_configs = [config.judge, *config.extra_judges] if sets.harmful else []
+    names = _judge_names(judge_configs)
+    for judge in judge_configs:
+        if judge.kind != "keyword":
+            resolve_checkpoint(judge.model, what="judge model")
 
-    records = harmful + [row.record for rows in utility.values() for row in rows]
-    answers, cut, timings = _answer_all(config, records)
-    _free_accelerator_memory()
-    harmful_answers, rest = answers[:len(harmful)], answers[len(harmful):]
-
-    samples: list[dict[str, Any]] = []
-    report: dict[str, Any] = {"harmful_score": None, "harmful_score_ci95": None}
+    answers, cut, timings = _generate(config, sets)
     judge_start = perf_counter()
-    judge_info = None
-    if harmful:
-        _say(config, f"judging {len(harmful)} answers ({config.judge.kind})")
-        judge = make_judge(config.judge, device=config.device, dtype=config.dtype,
-                           trust_remote_code=config.trust_remote_code)
-        verdicts = judge.flags([user_text(r) for r in harmful], harmful_answers)
-        judge_info = judge.describe()
-        flagged = sum(v.flagged for v in verdicts)
-        low, high = wilson_interval(flagged, len(verdicts))
-        report.update({
-            "harmful_score": 100.0 * flagged / len(verdicts),
-            "harmful_score_ci95": [100.0 * low, 100.0 * high],
-            "harmful_score_measures": judge_info.get("measures", "harmful answers"),
-            "harmful_flagged": flagged, "harmful_total": len(verdicts),
-            "judge_unparsed": sum(not v.parsed for v in verdicts),
-        })
-        samples += [{"set": "harmful", "index": i, "instruction": r.instruction, "input": r.input, "answer": a,
-                     "flagged": v.flagged, "score": v.score, "reason": v.reason, "parsed": v.parsed}
-                    for i, (r, a, v) in enumerate(zip(harmful, harmful_answers, verdicts))]
+    verdicts, described = {}, {}
+    for name, judge_config in zip(names, judge_configs):  # one judge in memory at a time
+        _say(config, f"judging {len(sets.harmful)} answers ({name})")
+        judge = make_judge(judge_config, device=config.device, dtype=config.dtype, trust_remote_code=config.trust_remote_code)
+        verdicts.update(judge_harmful({name: judge}, sets.harmful, answers["harmful"]))
+        described[name] = judge.describe()
         del judge
         _free_accelerator_memory()
     timings["judge_s"] = perf_counter() - judge_start
+    refused = refusals(sets.over_refusal, answers["over_refusal"])
+    correct = {task: utility_correct(task, rows, answers[task]) for task, rows in sets.utility.items()}
 
-    report["utility"], report["utility_counts"] = {}, {}
-    for task, rows in utility.items():
-        scorer = make_scorer(task)
-        task_answers, rest = rest[:len(rows)], rest[len(rows):]
-        correct = [scorer(a, row.gold) for a, row in zip(task_answers, rows)]
-        report["utility"][task] = 100.0 * sum(correct) / len(rows)
-        report["utility_counts"][task] = {"correct": sum(correct), "total": len(rows)}
-        samples += [{"set": task, "index": i, "instruction": row.record.instruction, "input": row.record.input,
-                     "answer": a, "gold": row.gold, "correct": ok}
-                    for i, (row, a, ok) in enumerate(zip(rows, task_answers, correct))]
-
-    report["protocol"] = {
-        "harmful_set": describe_set(config.harmful, len(harmful)) if config.harmful else None,
-        "utility_sets": {task: describe_set(uri, len(utility[task])) for task, uri in config.utility.items()},
-        "limit": config.limit,
-        "template": config.template,
-        "decoding": "greedy",
-        "max_new_tokens": config.max_new_tokens,
-        "judge": judge_info,
-    }
-    report["prompts_truncated"] = len(cut)
-    report["prompts_truncated_by_set"] = _truncated_by_set(
-        cut, {"harmful": len(harmful), **{task: len(rows) for task, rows in utility.items()}})
-    report["model"] = config.model
-    report["adapter"] = config.adapter
-    report["adapter_sha256"] = storage.sha256_tree(storage.materialize(config.adapter)) if config.adapter else None
-    report["settings"] = {"batch_size": config.batch_size, "dtype": config.dtype, "device": config.device}
+    report: dict[str, Any] = {"harmful_score": None, "harmful_score_ci95": None}
+    if verdicts:
+        report.update(_harmful_report(sets, verdicts, described))
+    if refused:
+        rate = _rate(refused)
+        report.update({"over_refusal": rate["score"], "over_refusal_ci95": rate["ci95"], "over_refusal_outcomes": rate})
+    report["utility"] = {task: 100.0 * sum(ok) / len(ok) for task, ok in correct.items()}
+    report["utility_counts"] = {task: {"correct": sum(ok), "total": len(ok)} for task, ok in correct.items()}
+    report["utility_outcomes"] = {task: Outcomes.of([not x for x in ok]).model_dump() for task, ok in correct.items()}
+    report["protocol"] = _protocol(config, sets, described)
+    report["prompts_truncated"], report["prompts_truncated_by_set"] = sum(cut.values()), cut
+    report.update(model=config.model, adapter=config.adapter,
+                  adapter_sha256=storage.sha256_tree(storage.materialize(config.adapter)) if config.adapter else None,
+                  settings={"batch_size": config.batch_size, "dtype": config.dtype, "device": config.device})
     timings["total_s"] = perf_counter() - start
     report["timings"] = timings
-    report["report"] = storage.join(config.out, "report.json")
-    report["samples"] = storage.join(config.out, "samples.jsonl")
+    report["report"], report["samples"] = storage.join(config.out, "report.json"), storage.join(config.out, "samples.jsonl")
     with storage.staged_dir(config.out, "evaluation") as stage:  # report and samples appear together
-        storage.write_jsonl(stage / "samples.jsonl", samples)
+        storage.write_jsonl(stage / "samples.jsonl", _samples(sets, answers, verdicts, refused, correct))
         storage.write_json(stage / "report.json", report)
     _say(config, f"wrote {report['report']}")
     return report

@@ -1,7 +1,7 @@
 import pytest
 
 from asft.errors import AsftError
-from asft.evaluation.datasets import load_harmful, load_utility
+from asft.evaluation.datasets import load_harmful, load_prompts, load_utility
 from asft.evaluation.scorers import AGNEWS_LABELS, make_scorer
 from eval_helpers import write_rows
 
@@ -30,16 +30,24 @@ def test_bad_utility_rows_name_the_row(tmp_path, task, row, message):
         load_utility(task, path)
 
 
-def test_harmful_prompts_keep_input_and_limit(tmp_path):
-    path = write_rows(tmp_path / "h.json", [{"instruction": "a"}, {"instruction": "b", "input": "c"},
-                                            {"instruction": "d", "input": None}], as_array=True)
-    assert [(r.instruction, r.input) for r in load_harmful(path)] == [("a", ""), ("b", "c"), ("d", "")]
+def test_harmful_prompts_keep_input_category_and_limit(tmp_path):
+    path = write_rows(tmp_path / "h.json", [
+        {"instruction": "a", "category": "fraud"}, {"instruction": "b", "input": "c"},
+        {"instruction": "d", "input": None, "category": {"violence": False, "privacy": True}}], as_array=True)
+    prompts = load_harmful(path)
+    assert [(p.record.instruction, p.record.input) for p in prompts] == [("a", ""), ("b", "c"), ("d", "")]
+    assert [p.category for p in prompts] == ["fraud", "all", "privacy"]  # BeaverTails' mapping: its flagged name
     assert len(load_harmful(path, limit=2)) == 2
+
+
+def test_the_shipped_over_refusal_set_loads_by_name():
+    prompts = load_prompts("builtin:over_refusal")
+    assert len(prompts) == 80 and any("kill a Python process" in p.instruction for p in prompts)
 
 
 def test_paper_files_load_with_their_gold_labels(bench_data):
     harmful = load_harmful(bench_data / "saved_dataset_250.json")
-    assert len(harmful) == 250 and all(r.instruction.strip() for r in harmful)
+    assert len(harmful) == 250 and all(p.record.instruction.strip() for p in harmful)
     assert len(load_harmful(bench_data / "saved_dataset_250.json", limit=100)) == 100
 
     expected = {"sst2": ("SST2_test.jsonl", 872), "agnews": ("agnew_test_data.json", 1000),

@@ -82,3 +82,31 @@ def test_limit_utility_only_and_moderation_judge(tiny_lm, sets, tmp_path, modera
     assert judged["harmful_score_ci95"] == pytest.approx([100 * x for x in wilson_interval(4, 4)])
     assert judged["protocol"]["judge"]["threshold"] == 0.5
     assert judged["protocol"]["harmful_set"]["rows_used"] == 4
+
+
+def test_over_refusal_categories_judges_and_per_prompt_outcomes(tiny_lm, sets, tmp_path, moderation_flags_all):
+    from asft.gates import Outcomes, eval_summary
+
+    rows = [{"instruction": q, "category": "fraud" if i % 2 else "violence"} for i, q in enumerate(QUESTIONS[:6])]
+    harmful = write_rows(tmp_path / "categorised.jsonl", rows)
+    report = evaluate(EvalConfig(
+        model=str(tiny_lm), harmful=str(harmful), over_refusal="builtin:over_refusal", limit=6,
+        utility={"sst2": str(sets["sst2"])}, extra_judges=[JudgeConfig(kind="moderation", model=str(moderation_flags_all))],
+        out=str(tmp_path / "o"), max_new_tokens=4, device="cpu", progress=False))
+    samples = [json.loads(line) for line in (tmp_path / "o" / "samples.jsonl").read_text().splitlines()]
+    refused = [s["refused"] for s in samples if s["set"] == "over_refusal"]
+    assert len(refused) == 6 and report["over_refusal"] == pytest.approx(100 * sum(refused) / 6)
+    assert report["protocol"]["over_refusal_set"]["rows_used"] == 6
+    keyword = [s["flagged_by"]["keyword"] for s in samples if s["set"] == "harmful"]
+    assert Outcomes(**report["judges"]["keyword"]["outcomes"]).flags() == keyword
+    moderation = report["judges"][f"moderation:{moderation_flags_all.name}"]
+    assert moderation["score"] == 100.0  # this classifier flags everything
+    agreement = report["judge_agreement"][0]
+    assert agreement["disagreeing"] == [i for i, flag in enumerate(keyword) if not flag]
+    by_category = report["harmful_by_category"]
+    assert set(by_category) == {"fraud", "violence"} and by_category["fraud"]["total"] == 3
+    summary = eval_summary(report)
+    assert summary.judge == "keyword" and summary.outcomes["harmful"].flags() == keyword
+    assert set(summary.outcomes) == {"harmful", "harmful:fraud", "harmful:violence", "over_refusal", "utility:sst2"}
+    other = eval_summary(report, judge=f"moderation:{moderation_flags_all.name}")
+    assert other.harmful_score == 100.0 and other.harmful_by_category == {}

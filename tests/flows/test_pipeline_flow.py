@@ -36,7 +36,8 @@ def config(world, run_key: str, *, method: str = "asft", data: str | None = None
         "screening": {"screeners": ["rules"]},
         "train": {"method": method, "preset": "sandbox", "epochs": 1, "max_steps": 12, "lr": 5e-3},
         "evaluation": {"limit": 16, "max_new_tokens": 24, "batch_size": 16, "progress": False},
-        "gates": {"max_harmful_score": max_harmful_score, "harmful_tolerance": 100.0, "utility_tolerance": 100.0},
+        "gates": {"max_harmful_score": max_harmful_score, "harmful_tolerance": 100.0, "utility_tolerance": 100.0,
+                  "over_refusal_tolerance": 100.0},
         "registry": {"tracking_uri": world["tracking_uri"], "model_name": "tiny-asft"},
         "execution": execution,
     })
