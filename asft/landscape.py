@@ -297,41 +297,11 @@ def _log_to_run(run_id: str, out: str, summary: dict) -> None:
     registry.log_metrics(run_id, {f"landscape_{key}": summary[key] for key in ("width_aligned", "width_perp", "seconds_per_point")})
 
 
-def landscape(model: str, harmful: str, out: str, *, direction: str | None = None, base: str | None = None,
-              finetuned: str | None = None, utility: Mapping[str, str] | None = None,
-              config: LandscapeConfig | None = None, run_id: str | None = None, progress=None) -> dict:
-    """Sweep the grid around ``model`` and write grid.csv, plots and summary.json to ``out``.
-
-    Returns the summary: widths along each axis (units of ||V||), the threshold, the
-    fine-tuned model's coordinates when given, per-point timing and the file paths.
-    """
-    from asft.direction import load_direction
-    from asft.evaluation.generation import load_model
-
-    config = config or LandscapeConfig()
-    check_output(out, "landscape", inputs=(model, harmful, direction, base, finetuned, *(utility or {}).values()))
-    say = progress or (lambda message: None)
-    started = time.perf_counter()
-    if config.modules == "direction":  # a bad direction fails before the model is loaded
-        if direction is None:
-            raise AsftError("no direction given; pass --direction (a folder written by `asft direction`), or --modules all with --base")
-        d_aligned = load_direction(direction).vectors
-    elif base is None:
-        raise AsftError("--modules all takes d_aligned = W_aligned - W_base for every 2-D weight; pass --base")
-    lm, tokenizer = load_model(model, dtype=config.dtype, device=config.device)
-    if config.modules == "all":
-        d_aligned = base_difference(lm, base)
-    scorer = _Scorer(config, tokenizer, harmful, utility or {})  # bad prompt files fail before the sweep
-    d_perp = perpendicular_direction(d_aligned, config.seed)
-    marks = {"aligned": (0.0, 0.0), "base (a=-1)": (-1.0, 0.0)}
-    projection = None
-    if finetuned is not None:
-        updates = finetuned_updates(finetuned, model, sorted(d_aligned))
-        projection = project_onto_axes(updates, [d_aligned, d_perp])
-        marks["fine-tuned"] = tuple(projection["coords"])
+def _sweep(lm, axes, config: LandscapeConfig, scorer, say) -> list[dict]:
+    """Score every grid point; the weights are restored bit for bit afterwards (checked)."""
     points = grid_points(config)
     rows = []
-    with WeightShift(lm, [d_aligned, d_perp]) as shift:
+    with WeightShift(lm, axes) as shift:
         for i, (a, b) in enumerate(points, start=1):
             tick = time.perf_counter()
             shift.move(a, b)
@@ -340,13 +310,16 @@ def landscape(model: str, harmful: str, out: str, *, direction: str | None = Non
             rows.append(row)
             say(f"landscape: point {i}/{len(points)} a={a:+.3f} b={b:+.3f} harmful={row['harmful_score']:.1f}% "
                 f"refusal={row['refusal_rate']:.1f}% ({row['seconds']:.2f}s)")
-    restored = all(torch.equal(p.detach().float(), shift.original[n]) for n, p in shift.params.items())
-    if not restored:
+    if not all(torch.equal(p.detach().float(), shift.original[n]) for n, p in shift.params.items()):
         raise RuntimeError("landscape: the model's weights differ from the originals after the sweep")
+    return rows
+
+
+def _summary(rows: list[dict], config: LandscapeConfig, d_aligned, projection: dict | None, scorer, **where) -> dict:
     widths = {axis: basin_width([r[axis] for r in slice_rows(rows, axis)], [r["harmful_score"] for r in slice_rows(rows, axis)],
                                 config.threshold) for axis in ("a", "b")}
     sweep_seconds = sum(r["seconds"] for r in rows)
-    summary = {
+    return {
         "width_aligned": widths["a"]["width"],
         "width_perp": widths["b"]["width"],
         "basin_aligned": widths["a"],
@@ -354,7 +327,7 @@ def landscape(model: str, harmful: str, out: str, *, direction: str | None = Non
         "threshold": config.threshold,
         "units": "||V||_F: a = 1 is one full step W_base -> W_aligned on the target modules",
         "aligned_point": next(r for r in rows if r["a"] == 0.0 and r["b"] == 0.0),
-        "finetuned": None if projection is None else {"uri": finetuned, "a": projection["coords"][0],
+        "finetuned": None if projection is None else {"uri": where["finetuned"], "a": projection["coords"][0],
                                                       "b": projection["coords"][1],
                                                       "residual_share": projection["residual_share"],
                                                       "update_norm": projection["update_norm"]},
@@ -363,13 +336,16 @@ def landscape(model: str, harmful: str, out: str, *, direction: str | None = Non
         "sweep_seconds": sweep_seconds,
         "modules": len(d_aligned),
         "direction_norm": math.sqrt(sum(float(v.float().square().sum()) for v in d_aligned.values())),
-        "restored_bitwise": restored,
-        "protocol": {"harmful": harmful, "prompts": len(scorer.sets.harmful),
+        "restored_bitwise": True,
+        "protocol": {"harmful": where["harmful"], "prompts": len(scorer.sets.harmful),
                      "judge": next(iter(scorer.judges.values())).describe(),
                      "max_new_tokens": config.max_new_tokens, "decoding": "greedy", "template": config.template},
         "config": config.model_dump(mode="json"),
-        "model": model, "direction": direction, "base": base,
+        "model": where["model"], "direction": where["direction"], "base": where["base"],
     }
+
+
+def _write(out: str, rows: list[dict], summary: dict, config: LandscapeConfig, marks, started: float) -> None:
     files = {"grid": "grid.csv", "summary": "summary.json", "plot_1d": "landscape_1d.png"}
     if config.mode == "2d":
         files["plot_2d"] = "landscape_2d.png"
@@ -385,6 +361,42 @@ def landscape(model: str, harmful: str, out: str, *, direction: str | None = Non
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     summary["files"] = {key: join(out, name) for key, name in files.items()}
     summary["plots"] = [summary["files"][key] for key in files if key.startswith("plot")]
+
+
+def landscape(model: str, harmful: str, out: str, *, direction: str | None = None, base: str | None = None,
+              finetuned: str | None = None, utility: Mapping[str, str] | None = None,
+              config: LandscapeConfig | None = None, run_id: str | None = None, progress=None) -> dict:
+    """Sweep the grid around ``model`` and write grid.csv, plots and summary.json to ``out``.
+
+    Returns the summary: widths along each axis (units of ||V||), the threshold, the
+    fine-tuned model's coordinates when given, per-point timing and the file paths.
+    """
+    from asft.direction import load_direction
+    from asft.evaluation.generation import load_model
+
+    config = config or LandscapeConfig()
+    check_output(out, "landscape", inputs=(model, harmful, direction, base, finetuned, *(utility or {}).values()))
+    started = time.perf_counter()
+    if config.modules == "direction":  # a bad direction fails before the model is loaded
+        if direction is None:
+            raise AsftError("no direction given; pass --direction (a folder written by `asft direction`), or --modules all with --base")
+        d_aligned = load_direction(direction).vectors
+    elif base is None:
+        raise AsftError("--modules all takes d_aligned = W_aligned - W_base for every 2-D weight; pass --base")
+    lm, tokenizer = load_model(model, dtype=config.dtype, device=config.device)
+    if config.modules == "all":
+        d_aligned = base_difference(lm, base)
+    scorer = _Scorer(config, tokenizer, harmful, utility or {})  # bad prompt files fail before the sweep
+    d_perp = perpendicular_direction(d_aligned, config.seed)
+    marks = {"aligned": (0.0, 0.0), "base (a=-1)": (-1.0, 0.0)}
+    projection = None
+    if finetuned is not None:
+        projection = project_onto_axes(finetuned_updates(finetuned, model, sorted(d_aligned)), [d_aligned, d_perp])
+        marks["fine-tuned"] = tuple(projection["coords"])
+    rows = _sweep(lm, [d_aligned, d_perp], config, scorer, progress or (lambda message: None))
+    summary = _summary(rows, config, d_aligned, projection, scorer, harmful=harmful, finetuned=finetuned,
+                       model=model, direction=direction, base=base)
+    _write(out, rows, summary, config, marks, started)
     if run_id:
         _log_to_run(run_id, out, summary)
     return summary

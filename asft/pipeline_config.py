@@ -2,7 +2,7 @@
 
 Step configs carry their input/output locations (``model``, ``data``, ``out`` ...); the
 pipeline fills those in itself, so its sections are the same models minus those fields
-(:func:`settings_of`). The result renders as a form in the Prefect UI, loads from YAML
+(``asft.jobs``: each step declares its locations once). The result renders as a form in the Prefect UI, loads from YAML
 for ``asft pipeline --config``, and validates with the same bounds and enums as the CLI.
 """
 
@@ -11,37 +11,19 @@ from __future__ import annotations
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from asft.data.screen import ScreenConfig
-from asft.direction import DirectionConfig
+from asft import jobs
 from asft.errors import AsftError
-from asft.evaluation.config import EvalConfig
 from asft.gates import GateConfig
 from asft.sandbox import SandboxConfig
 from asft.storage import read_text
-from asft.training import TrainConfig
 
-
-def settings_of(config: type[BaseModel], exclude: set[str], doc: str) -> type[BaseModel]:
-    """``config`` without the fields the pipeline fills in (same types, bounds, descriptions).
-
-    Only fields the user set are forwarded to the step (``model_dump(exclude_unset=True)``), so
-    a step's own presets and validators still apply when the full config is built.
-    """
-    fields = {name: (field.annotation, field) for name, field in config.model_fields.items() if name not in exclude}
-    return create_model(f"{config.__name__.removesuffix('Config')}Settings", __doc__=doc,
-                        __config__=ConfigDict(extra="forbid"), **fields)
-
-
-DirectionSettings = settings_of(DirectionConfig, {"aligned", "base", "out", "aligned_sha256", "base_sha256"},
-                                "Which modules the alignment direction covers and how V is stored.")
-TrainSettings = settings_of(TrainConfig, {"model", "out", "data", "direction", "adapter", "resume", "checkpoint_dir"},
-                            "Fine-tuning method and hyper-parameters (unset ones come from the preset).")
-ScreenSettings = settings_of(ScreenConfig, {"data", "out", "labels"},
-                             "Harmful-sample screening of the fine-tuning data; quarantined rows never reach training.")
-EvalSettings = settings_of(EvalConfig, {"model", "adapter", "harmful", "utility", "out"},
-                           "How answers are generated and judged.")
+DirectionSettings = jobs.DIRECTION.settings_model("Which modules the alignment direction covers and how V is stored.")
+TrainSettings = jobs.TRAINING.settings_model("Fine-tuning method and hyper-parameters (unset ones come from the preset).")
+ScreenSettings = jobs.SCREENING.settings_model(
+    "Harmful-sample screening of the fine-tuning data; quarantined rows never reach training.")
+EvalSettings = jobs.EVALUATION.settings_model("How answers are generated and judged.")
 
 
 class Inputs(BaseModel):

@@ -238,6 +238,22 @@ def _find_version(c, model_name: str, pipeline_run_id: str, run_id: str):
     return min(found, key=lambda v: int(v.version)) if found else None
 
 
+def _registrable(c, run_id: str, model_name: str, adapter_artifact_path: str, tags: Mapping[str, str]) -> str:
+    """The run's pipeline run id, once the run, its adapter artefact and the tags are fit to register."""
+    _check_name(model_name, "model name")
+    pipeline_run_id = c.get_run(run_id).data.tags.get(PIPELINE_RUN_TAG)
+    if not pipeline_run_id:
+        raise AsftError(f"MLflow run {run_id} has no {PIPELINE_RUN_TAG} tag; create it with start_or_resume_run")
+    if not c.list_artifacts(run_id, adapter_artifact_path):
+        raise AsftError(
+            f"MLflow run {run_id} has no artefacts under {adapter_artifact_path!r}; log the adapter folder there first")
+    reserved = {PIPELINE_RUN_TAG, GATE_PASSED_TAG, GATE_REASONS_TAG, EVAL_SUMMARY_TAG, REGISTRATION_TAG, COMPARED_WITH_TAG}
+    clash = sorted(reserved & set(tags))
+    if clash:
+        raise AsftError(f"tag {clash[0]!r} is set by the registry itself; remove it from the tags you pass")
+    return pipeline_run_id
+
+
 def register_candidate(
     run_id: str,
     model_name: str,
@@ -256,22 +272,9 @@ def register_candidate(
     summary are added here. Re-running for the same pipeline run completes a half-written
     version; a complete one is immutable (same outcome: returned untouched; other: error).
     """
-    _check_name(model_name, "model name")
     c = client(tracking_uri)
-    run = c.get_run(run_id)
-    pipeline_run_id = run.data.tags.get(PIPELINE_RUN_TAG)
-    if not pipeline_run_id:
-        raise AsftError(f"MLflow run {run_id} has no {PIPELINE_RUN_TAG} tag; create it with start_or_resume_run")
-    if not c.list_artifacts(run_id, adapter_artifact_path):
-        raise AsftError(
-            f"MLflow run {run_id} has no artefacts under {adapter_artifact_path!r}; log the adapter folder there first"
-        )
+    pipeline_run_id = _registrable(c, run_id, model_name, adapter_artifact_path, tags)
     summary = validate_summary(summary, "candidate")
-    reserved = {PIPELINE_RUN_TAG, GATE_PASSED_TAG, GATE_REASONS_TAG, EVAL_SUMMARY_TAG, REGISTRATION_TAG}
-    clash = sorted(reserved & set(tags))
-    if clash:
-        raise AsftError(f"tag {clash[0]!r} is set by the registry itself; remove it from the tags you pass")
-
     _ensure_registered_model(c, model_name)
     version = _find_version(c, model_name, pipeline_run_id, run_id)
     if version is None:

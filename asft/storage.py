@@ -138,21 +138,27 @@ def write_jsonl(uri: str | os.PathLike, rows: list[dict]) -> None:
 OUTPUT_MARKER = ".asft-output.json"
 
 
-def _marker(kind: str, complete: bool = True) -> bytes:
+def _marker(kind: str, complete: bool = True, identity: str | None = None) -> bytes:
     # deterministic bytes: the marker is part of every content hash taken of the folder
-    return json.dumps({"asft_output": kind, "complete": complete}).encode() + b"\n"
+    record = {"asft_output": kind, "complete": complete, **({"identity": identity} if identity else {})}
+    return json.dumps(record).encode() + b"\n"
 
 
-def output_kind(uri: str | os.PathLike) -> tuple[str, bool] | None:
-    """(kind, complete) of an asft output folder, None when ``uri`` holds no asft marker."""
+def _read_marker(uri: str | os.PathLike) -> dict | None:
     marker = join(uri, OUTPUT_MARKER)
     if not exists(marker):
         return None
     try:
         record = json.loads(read_bytes(marker))
-        return str(record["asft_output"]), bool(record["complete"])
-    except (ValueError, KeyError, TypeError):
+    except ValueError:
         return None
+    return record if isinstance(record, dict) and isinstance(record.get("asft_output"), str) else None
+
+
+def output_kind(uri: str | os.PathLike) -> tuple[str, bool] | None:
+    """(kind, complete) of an asft output folder, None when ``uri`` holds no asft marker."""
+    record = _read_marker(uri)
+    return None if record is None else (record["asft_output"], bool(record.get("complete")))
 
 
 def mark_output(uri: str | os.PathLike, kind: str) -> None:
@@ -160,9 +166,13 @@ def mark_output(uri: str | os.PathLike, kind: str) -> None:
     write_bytes(join(uri, OUTPUT_MARKER), _marker(kind))
 
 
-def is_complete(uri: str | os.PathLike, kind: str) -> bool:
-    """True when ``uri`` holds a finished asft output of this kind (the marker is written last)."""
-    return output_kind(uri) == (kind, True)
+def is_complete(uri: str | os.PathLike, kind: str, identity: str | None = None) -> bool:
+    """True when ``uri`` holds a finished asft output of this kind (the marker is written
+    last) and, when ``identity`` is given, made from exactly that (the key of its settings
+    and inputs' content): the one test of "already done" that every cache uses."""
+    record = _read_marker(uri)
+    return (record is not None and record["asft_output"] == kind and record.get("complete") is True
+            and (identity is None or record.get("identity") == identity))
 
 
 def _refuse_overlap(uri: str, inputs: Iterable[str | os.PathLike | None]) -> None:
@@ -263,7 +273,7 @@ def _clean_stale_stages(parent: Path, name: str) -> None:
 
 
 @contextmanager
-def staged_dir(uri: str | os.PathLike, kind: str) -> Iterator[Path]:
+def staged_dir(uri: str | os.PathLike, kind: str, identity: str | None = None) -> Iterator[Path]:
     """Yield a temp folder to fill; on success it becomes the asft output ``kind`` at ``uri``.
 
     Locally the new folder is swapped in atomically (old one renamed aside, new one renamed
@@ -278,7 +288,7 @@ def staged_dir(uri: str | os.PathLike, kind: str) -> Iterator[Path]:
     if not is_local(uri):
         with tempfile.TemporaryDirectory(prefix="asft-stage-") as tmp:
             yield Path(tmp)
-            _upload_output(Path(tmp), uri, kind)
+            _upload_output(Path(tmp), uri, kind, identity)
         return
     final = local_path(uri).expanduser().absolute()
     parent = final.parent
@@ -292,7 +302,7 @@ def staged_dir(uri: str | os.PathLike, kind: str) -> Iterator[Path]:
     try:
         with _disk_full_is_a_user_error(uri):
             yield stage
-            (stage / OUTPUT_MARKER).write_bytes(_marker(kind))
+            (stage / OUTPUT_MARKER).write_bytes(_marker(kind, identity=identity))
         with _locked(parent):
             check_output(uri, kind)  # another writer may have filled the place meanwhile
             if final.exists():
@@ -318,7 +328,7 @@ def _disk_full_is_a_user_error(uri: str) -> Iterator[None]:
                         "free some space or choose another location") from None
 
 
-def _upload_output(local: Path, uri: str, kind: str) -> None:
+def _upload_output(local: Path, uri: str, kind: str, identity: str | None) -> None:
     """Marker (incomplete), files, manifests, then keys of an older output that the new one
     lacks are deleted, then the marker (complete)."""
     fs, base = filesystem(uri)
@@ -329,7 +339,7 @@ def _upload_output(local: Path, uri: str, kind: str) -> None:
              if p.rstrip("/") not in written and not p.endswith("/" + OUTPUT_MARKER)]
     if stale:
         fs.rm(stale)
-    fs.pipe_file(f"{base}/{OUTPUT_MARKER}", _marker(kind))
+    fs.pipe_file(f"{base}/{OUTPUT_MARKER}", _marker(kind, identity=identity))
 
 
 def upload_dir(local: str | os.PathLike, uri: str) -> set[str]:

@@ -26,17 +26,8 @@ from pathlib import Path
 METHODS = ("sft", "asft", "safelora")
 TASKS = ("sst2", "agnews", "gsm8k")
 DEFAULT_RATIOS = (0.0, 0.05, 0.1, 0.2)
-# Not part of what a cell measures: where it runs and where it is written.
-_PLACE_FIELDS = {"out", "device", "model", "data", "direction", "adapter", "checkpoint_every", "checkpoint_dir",
-                 "keep_checkpoints", "resume", "progress", "harmful", "utility"}
-
-
 def say(message: str) -> None:
     print(f"[table] {message}", file=sys.stderr, flush=True)
-
-
-def _settings(config) -> dict:
-    return config.model_dump(mode="json", exclude=_PLACE_FIELDS)
 
 
 # --- cells: run once, keep, reuse ------------------------------------------------------
@@ -49,18 +40,18 @@ def _cell_folder(out: Path, name: str, identity: dict) -> Path:
 
 def _cell(out: Path, name: str, identity: dict, run) -> dict:
     """The cell's result from ``out/cells`` when one with this identity finished before,
-    else ``run(folder)`` (which returns the result) and save it."""
+    else ``run(folder)`` (which returns the result), saved as an asft output marked with
+    that identity: the same test of "already done" as the pipeline's and the sandbox's."""
     from asft import storage
 
     folder = _cell_folder(out, name, identity)
-    record = folder / "cell.json"
-    if record.exists():
-        saved = json.loads(record.read_text())
-        if saved.get("identity") == identity:
-            say(f"{name}: reusing {folder}")
-            return {**saved["result"], "reused": True}
+    record, key = folder / "result", storage.sha256_json(identity)
+    if storage.is_complete(record, "table-cell", key):
+        say(f"{name}: reusing {folder}")
+        return {**storage.read_json(record / "cell.json"), "reused": True}
     result = run(folder)
-    storage.write_json(str(record), {"identity": identity, "result": result})
+    with storage.staged_dir(record, "table-cell", identity=key) as stage:
+        storage.write_json(stage / "cell.json", result)
     return {**result, "reused": False}
 
 
@@ -145,7 +136,7 @@ def _train(config, what: str) -> dict:
 # --- the run ---------------------------------------------------------------------------
 
 def run(args) -> dict:
-    from asft import storage
+    from asft import jobs, storage
     from asft.sandbox import build_sandbox, write_mixture
 
     started = time.perf_counter()
@@ -155,7 +146,7 @@ def run(args) -> dict:
     manifest = storage.read_json(storage.join(sandbox_dir, "sandbox_manifest.json"))
     sandbox_id = storage.sha256_json(manifest["files"])
     direction = _direction(out, sandbox)
-    evaluation = _settings(_eval_config(args, sandbox, sandbox["aligned"], None, str(out)))
+    evaluation = jobs.EVALUATION.settings(_eval_config(args, sandbox, sandbox["aligned"], None, str(out)))
     base_identity = {"sandbox": sandbox_id, "eval": evaluation}
 
     reference = []
@@ -184,7 +175,7 @@ def run(args) -> dict:
             config = _train_config(args, method, sandbox["aligned"], mixture["finetune"], direction["uri"], "-",
                                    adapter="-" if project_sft else None)
             identity = {**base_identity, "method": method, "p": p, "data": data_sha, "direction": direction["sha256"],
-                        "train": _settings(config),
+                        "train": jobs.TRAINING.settings(config),
                         "source": adapters["sft"][1] if project_sft else None}
             result = _cell(out, name, identity, work)
             adapters[method] = (str(_cell_folder(out, name, identity) / "adapter"), identity)

@@ -27,14 +27,11 @@ def shapes_for(mode: str, device: torch.device) -> dict:
     return SHAPES["full-cuda" if mode == "full" and device.type == "cuda" else mode]
 
 
-def run(mode: str, device: torch.device) -> dict:
+def _lora_model(s: dict, device: torch.device):
+    """A random Llama of the benchmark's shapes with LoRA on q and v, in training mode."""
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from asft.regularizer import build_anchors
-    from asft.training.trainer import _lora_layers, _penalty
-
-    s = shapes_for(mode, device)
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=s["vocab"], hidden_size=s["hidden"], intermediate_size=s["intermediate"],
                          num_hidden_layers=s["layers"], num_attention_heads=s["heads"],
@@ -43,6 +40,15 @@ def run(mode: str, device: torch.device) -> dict:
         base = LlamaForCausalLM(config)
     model = get_peft_model(base, LoraConfig(task_type="CAUSAL_LM", **LORA))
     model.train()
+    return model
+
+
+def run(mode: str, device: torch.device) -> dict:
+    from asft.regularizer import build_anchors
+    from asft.training.trainer import _lora_layers, _penalty
+
+    s = shapes_for(mode, device)
+    model = _lora_model(s, device)
     layers = _lora_layers(model)
     vectors = {name: 1e-3 * torch.randn(layer.get_base_layer().weight.shape, device=device)
                for name, layer in layers.items()}

@@ -22,13 +22,8 @@ app = typer.Typer(rich_markup_mode=None, help=library_app.info.help, no_args_is_
 app.add_typer(library_app)  # nameless: its commands join this app
 
 
-def _schema():
-    from asft.pipeline_config import PipelineConfig
 
-    return PipelineConfig
-
-
-@config_args.command(app, "pipeline", config_args.Spec(_schema, essentials=("artifact_root",)))
+@config_args.command(app, "pipeline", config_args.Spec("asft.pipeline_config:PipelineConfig", essentials=("artifact_root",)))
 def pipeline(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
     """Direction -> screening -> training -> evaluation -> gated MLflow registration (default: the embedded sandbox run)."""
     from asft.pipeline_config import preflight

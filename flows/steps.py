@@ -12,13 +12,11 @@ flow calls: each names its location and its task, so the flow reads like the dia
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
 from prefect import task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.deployments import run_deployment
 
-from asft import registry, storage
+from asft import jobs, registry, storage
 from asft.errors import AsftError
 from asft.pipeline_config import PipelineConfig
 
@@ -56,15 +54,10 @@ IO_RETRIES = dict(retries=3, retry_delay_seconds=[2, 10, 30], retry_jitter_facto
 CACHED = dict(persist_result=True, result_serializer="json", cache_key_fn=lambda ctx, params: params["key"])
 
 
-def content_key(*parts: Any) -> str:
-    """A stable hash of JSON-able parts (content hashes and settings)."""
-    return storage.sha256_json(parts)[:20]
-
-
-def _cached(step, out: str, kind: str):
+def _cached(step, job: jobs.Job, out: str):
     """``step`` with Prefect's cache refreshed when its output is gone: a deleted artefact
     must be rebuilt, not served from a stale cache record."""
-    return step.with_options(refresh_cache=not storage.is_complete(out, kind))
+    return step.with_options(refresh_cache=not job.done(out))
 
 
 @task(name="fingerprint inputs", **IO_RETRIES)
@@ -133,13 +126,13 @@ def screen_data(key: str, data: str, labels: str | None, settings: dict, out: st
             "counts": {**report["counts"], **quality}, "sha256": report["sha256"]}
 
 
-def run_remotely(deployment: str, config: dict, result_file: str) -> dict:
+def run_remotely(deployment: str, config: dict, job: jobs.Job) -> dict:
     """Run a step as its own deployment (a GPU work pool) and read back its manifest."""
     run = run_deployment(deployment, parameters={"config": config}, timeout=None)
     if not run.state or not run.state.is_completed():
         raise RuntimeError(f"deployment {deployment} ended {run.state.name if run.state else 'without a state'}; "
                            "see that flow run's logs in the Prefect UI")
-    return storage.read_json(storage.join(config["out"], result_file))
+    return job.result(config[job.output])
 
 
 @task(name="train adapter")
@@ -152,7 +145,7 @@ def train_adapter(config: dict, deployment: str | None) -> dict:
     if done is not None:  # a retry of this pipeline run: the adapter it trained is complete
         return done
     if deployment:
-        return {"adapter": config["out"], **run_remotely(deployment, config, "train_manifest.json")}
+        return {"adapter": config["out"], **run_remotely(deployment, config, jobs.TRAINING)}
     progress_id = create_progress_artifact(0.0, key="training-progress", description="AsFT training progress")
     shown = [0.0]
 
@@ -171,7 +164,7 @@ def evaluate(config: dict, deployment: str | None) -> dict:
     from asft.evaluation import evaluate as run_eval
 
     if deployment:
-        return run_remotely(deployment, config, "report.json")
+        return run_remotely(deployment, config, jobs.EVALUATION)
     return run_eval(EvalConfig.model_validate(config))
 
 
@@ -198,17 +191,17 @@ def prepare(config: PipelineConfig, run: Run) -> tuple[dict, dict]:
 
 def direction(config: PipelineConfig, run: Run, inputs: dict, hashes: dict) -> dict:
     settings = config.direction.model_dump()
-    key = content_key("direction", hashes["aligned"], hashes["base"], settings)
+    key = jobs.DIRECTION.identity(settings, [hashes["aligned"], hashes["base"]])
     out = storage.join(run.root, "directions", key)
-    return _cached(extract_direction, out, "direction")(
+    return _cached(extract_direction, jobs.DIRECTION, out)(
         key, inputs["aligned"], inputs["base"], settings, out, {"aligned": hashes["aligned"], "base": hashes["base"]})
 
 
 def screening(config: PipelineConfig, run: Run, inputs: dict, hashes: dict) -> dict:
     settings = config.screening.model_dump(by_alias=True)
-    key = content_key("screening", hashes["data"], hashes["labels"], settings)
+    key = jobs.SCREENING.identity(settings, [hashes["data"], hashes["labels"]])
     out = storage.join(run.root, "screening", key)
-    return _cached(screen_data, out, "screening")(key, inputs["data"], inputs["labels"], settings, out)
+    return _cached(screen_data, jobs.SCREENING, out)(key, inputs["data"], inputs["labels"], settings, out)
 
 
 def training(config: PipelineConfig, run: Run, inputs: dict, direction: dict, screening: dict) -> dict:
@@ -224,9 +217,9 @@ def evaluations(config: PipelineConfig, run: Run, inputs: dict, hashes: dict, tr
                 "harmful": inputs["harmful_eval"], "utility": inputs["utility_eval"],
                 "over_refusal": inputs["over_refusal_eval"]}
     deployment = config.execution.evaluate_deployment
-    key = content_key("baseline", hashes["aligned"], hashes["eval"], settings)
+    key = jobs.EVALUATION.identity(settings, [hashes["aligned"], hashes["eval"]])  # content, never the paths
     out = storage.join(run.root, "baselines", key)
-    before = _cached(evaluate_baseline, out, "evaluation")(key, {**settings, "out": out}, deployment)
+    before = _cached(evaluate_baseline, jobs.EVALUATION, out)(key, {**settings, "out": out}, deployment)
     after = evaluate({**settings, "adapter": training["adapter"], "out": run.path("evaluation")}, deployment)
     return before, after
 

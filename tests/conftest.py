@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import tempfile
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -58,28 +57,24 @@ def tiny_sandbox(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def s3_endpoint():
-    from moto.server import ThreadedMotoServer
+    """A real S3 endpoint on loopback with the bucket ``asft``; AWS_* variables point at it."""
+    from moto_server import moto_endpoint
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    from asft import storage
+    with moto_endpoint() as endpoint:
+        env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+               "AWS_ENDPOINT_URL": endpoint}
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        from asft import storage
 
-    fs, _ = storage.filesystem("s3://asft")
-    fs.mkdir("asft")
-    yield env["AWS_ENDPOINT_URL"]
-    server.stop()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+        fs, _ = storage.filesystem("s3://asft")
+        fs.mkdir("asft")
+        yield endpoint
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 WORDS = ("the a movie film was great awful good bad review positive negative sentiment how do i make "

@@ -11,6 +11,8 @@ then explicit options, then generated options, then ``key=value`` in the order g
 
 from __future__ import annotations
 
+import importlib
+
 import difflib
 import inspect
 import types
@@ -37,11 +39,17 @@ class Spec:
     (``{"judge.kind": ["--judge"]}``, first name is the one errors show), fields without an
     option, and the fields listed with the command's own options in ``--help``."""
 
-    schema: Callable[[], type[BaseModel]]
+    schema: str | Callable[[], type[BaseModel]]  # "module:Class", imported when first needed
     aliases: dict[str, list[str]] = field(default_factory=dict)
     skip: tuple[str, ...] = ()
     essentials: tuple[str, ...] = ()
     overrides: bool = True  # a KEY=VALUE... argument (groups read them after their options instead)
+
+    def model(self) -> type[BaseModel]:
+        if callable(self.schema):
+            return self.schema()
+        module, _, name = self.schema.partition(":")
+        return getattr(importlib.import_module(module), name)
 
 
 @dataclass
@@ -183,7 +191,7 @@ def _param_name(key: str) -> str:
 def _generated_params(spec: Spec, taken: set[str]) -> tuple[list, dict[str, tuple[str, Field_]]]:
     """Typer's own option objects for the fields (made by typer from a generated signature),
     and ``param name -> (spelling, field)``."""
-    schema = spec.schema()
+    schema = spec.model()
     signature, by_param = [], {}
     config = typer.Option(None, "--config", metavar="FILE",
                           help=f"YAML/JSON file of {schema.__name__} fields; options and KEY=VALUE override it")
@@ -367,7 +375,7 @@ def build(ctx: typer.Context, extra: dict[str, tuple[str, Any]] | None = None,
           schema: type[BaseModel] | None = None) -> BaseModel:
     """The command's config: ``--config`` file, then ``extra`` (``key -> (spelling, value)``
     from the command's own options), then the generated options, then KEY=VALUE."""
-    schema = schema or ctx.command.spec.schema()
+    schema = schema or ctx.command.spec.model()
     got = given(ctx)
     data: dict = _load_file(got.config) if got.config else {}
     spelled = {key: f"{got.config}: {key}" for key in _file_keys(data)}

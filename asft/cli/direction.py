@@ -8,13 +8,8 @@ from asft.cli import config_args
 from asft.cli.app import JSON_OPTION, app, emit, progress
 
 
-def _schema():
-    from asft.direction import DirectionConfig
 
-    return DirectionConfig
-
-
-@config_args.command(app, "direction", config_args.Spec(_schema, essentials=("aligned", "base", "out")))
+@config_args.command(app, "direction", config_args.Spec("asft.direction:DirectionConfig", essentials=("aligned", "base", "out")))
 def direction(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
     """Extract V = W_aligned - W_base for the target modules into direction.safetensors + manifest.json."""
     from asft.direction import extract_direction

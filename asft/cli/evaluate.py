@@ -24,14 +24,9 @@ def parse_utility(specs: list[str]) -> dict[str, str]:
     return utility
 
 
-def _schema():
-    from asft.evaluation import EvalConfig
-
-    return EvalConfig
-
 
 @config_args.command(app, "eval", config_args.Spec(
-    _schema, aliases={"judge.kind": ["--judge"], "judge.threshold": ["--threshold"]},
+    "asft.evaluation:EvalConfig", aliases={"judge.kind": ["--judge"], "judge.threshold": ["--threshold"]},
     essentials=("model", "adapter", "harmful", "out", "judge.kind", "judge.model", "trust_remote_code")))
 def evaluate_command(
     ctx: typer.Context,

@@ -8,13 +8,8 @@ from asft.cli import config_args
 from asft.cli.app import JSON_OPTION, app, emit
 
 
-def _schema():
-    from asft.update_inspection import InspectConfig
 
-    return InspectConfig
-
-
-@config_args.command(app, "inspect", config_args.Spec(_schema))
+@config_args.command(app, "inspect", config_args.Spec("asft.update_inspection:InspectConfig"))
 def inspect_command(
     ctx: typer.Context,
     direction: str = typer.Option(..., "--direction", help="Direction folder from `asft direction`"),

@@ -24,13 +24,8 @@ def parse_range(text: str, option: str) -> tuple[float, float]:
     return low, high
 
 
-def _schema():
-    from asft.landscape import LandscapeConfig
 
-    return LandscapeConfig
-
-
-@config_args.command(app, "landscape", config_args.Spec(_schema, aliases={"judge.kind": ["--judge"]}))
+@config_args.command(app, "landscape", config_args.Spec("asft.landscape:LandscapeConfig", aliases={"judge.kind": ["--judge"]}))
 def landscape_command(
     ctx: typer.Context,
     model: str = typer.Option(..., "--model", help="Aligned checkpoint folder or URI (safetensors)"),

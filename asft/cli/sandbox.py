@@ -26,13 +26,8 @@ class MixtureArgs(BaseModel):
     task: Literal["sst2", "agnews", "gsm8k"] | None = Field(None, description="Benign task (default: as built)")
 
 
-def _schema():
-    from asft.sandbox import SandboxConfig
 
-    return SandboxConfig
-
-
-@config_args.command(sandbox_app, "build", config_args.Spec(_schema))
+@config_args.command(sandbox_app, "build", config_args.Spec("asft.sandbox:SandboxConfig"))
 def build(
     ctx: typer.Context,
     out: str = typer.Option(..., "--out", help="Folder or URI (s3://...) to build into"),

@@ -11,18 +11,13 @@ from asft.cli.app import JSON_OPTION, app, emit, progress
 from asft.errors import AsftError
 
 
-def _schema():
-    from asft.data.screen import ScreenConfig
-
-    return ScreenConfig
-
 
 # Options that name a nested field by its pre-config name (``--format`` is ingest.format).
 LEGACY = {"screeners": ["--screeners", "--screener"], **{f"ingest.{k}": [f"--{k.replace('_', '-')}"] for k in (
     "format", "schema", "on_malformed", "duplicates", "max_chars", "hf_split")},
     "encoder.instruction_margin": ["--instruction-margin"], "encoder.input_margin": ["--input-margin"]}
 
-screen_app = config_args.group(config_args.Spec(_schema, aliases=LEGACY, essentials=("data", "out", "screeners", "labels")),
+screen_app = config_args.group(config_args.Spec("asft.data.screen:ScreenConfig", aliases=LEGACY, essentials=("data", "out", "screeners", "labels")),
                                help="Ingest fine-tuning data and quarantine harmful rows before training.")
 app.add_typer(screen_app, name="screen")
 
@@ -66,13 +61,8 @@ def screen(
     emit(summary, as_json)
 
 
-def _ingest_schema():
-    from asft.data.ingest import IngestConfig
 
-    return IngestConfig
-
-
-@config_args.command(screen_app, "fit", config_args.Spec(_ingest_schema))
+@config_args.command(screen_app, "fit", config_args.Spec("asft.data.ingest:IngestConfig"))
 def fit(
     ctx: typer.Context,
     data: str = typer.Option(..., "--data", help="Labelled training rows (any format asft screen reads)"),

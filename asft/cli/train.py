@@ -8,14 +8,9 @@ from asft.cli import config_args
 from asft.cli.app import JSON_OPTION, app, emit
 
 
-def _schema():
-    from asft.training import TrainConfig
-
-    return TrainConfig
-
 
 @config_args.command(app, "train", config_args.Spec(
-    _schema, essentials=("model", "data", "out", "method", "direction", "adapter", "preset", "trust_remote_code")))
+    "asft.training:TrainConfig", essentials=("model", "data", "out", "method", "direction", "adapter", "preset", "trust_remote_code")))
 def train(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
     """Fine-tune with LoRA (sft), LoRA + alignment-anchored penalty (asft), or Safe LoRA's projection."""
     from asft.training import train as run_training

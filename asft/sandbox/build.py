@@ -218,15 +218,6 @@ def _read_manifest(out: str) -> dict | None:
     return manifest if isinstance(manifest, dict) and manifest.get("format") == FORMAT else None
 
 
-def _complete(out: str, manifest: dict) -> bool:
-    """Every file listed in the manifest is there with its recorded content."""
-    for rel, digest in manifest["files"].items():
-        uri = storage.join(out, rel)
-        if not storage.exists(uri) or storage.sha256_bytes(storage.read_bytes(uri)) != digest:
-            return False
-    return True
-
-
 def _summary(out: str, manifest: dict, reused: bool) -> dict:
     """The manifest's summary with paths made absolute under ``out``."""
     s = manifest["summary"]
@@ -251,13 +242,11 @@ def build_sandbox(config: SandboxConfig, out: str, force: bool = False) -> dict:
     without rebuilding (unless ``force``).
     """
     out = str(out)
-    if not force:
-        manifest = _read_manifest(out)
-        if (manifest is not None and manifest["config"] == config.identity()
-                and manifest.get("code") == _code_version() and _complete(out, manifest)):
-            _progress(f"reusing the sandbox at {out} (same config; --force rebuilds)")
-            return _summary(out, manifest, reused=True)
-    with storage.staged_dir(out, "sandbox") as stage:
+    identity = storage.sha256_json([config.identity(), _code_version()])  # what it is built from and by
+    if not force and storage.is_complete(out, "sandbox", identity):
+        _progress(f"reusing the sandbox at {out} (same config; --force rebuilds)")
+        return _summary(out, _read_manifest(out), reused=True)
+    with storage.staged_dir(out, "sandbox", identity=identity) as stage:
         manifest = _build_into(config, stage)
         storage.write_json(stage / MANIFEST, manifest)
     return _summary(out, manifest, reused=False)
