@@ -59,11 +59,12 @@ def training_curves(rows: Sequence[Mapping[str, Any]]) -> Figure:
 
 
 def eval_comparison(before: EvalSummary, after: EvalSummary, labels: tuple[str, str] = ("before", "after")) -> Figure:
-    """Harmful score with its 95% CI, and utility per task, side by side for two evaluations."""
+    """Harmful score with its 95% CI (and over-refusal, when measured), and utility per task,
+    side by side for two evaluations."""
     tasks = sorted(set(before.utility) | set(after.utility))
     fig = Figure(figsize=(4 + 1.2 * max(len(tasks), 1), 3.4), layout="constrained")
     FigureCanvasAgg(fig)
-    harm_ax, util_ax = fig.subplots(1, 2, width_ratios=[1, max(len(tasks), 1)])
+    harm_ax, util_ax = fig.subplots(1, 2, width_ratios=[1.6, max(len(tasks), 1)])
     width = 0.38
     for offset, label, result in ((-width / 2, labels[0], before), (width / 2, labels[1], after)):
         hs = result.harmful_score
@@ -72,11 +73,17 @@ def eval_comparison(before: EvalSummary, after: EvalSummary, labels: tuple[str, 
             low, high = result.harmful_score_ci95
             error = [[max(hs - low, 0.0)], [max(high - hs, 0.0)]]
         harm_ax.bar_label(harm_ax.bar([offset], [hs], width, yerr=error, capsize=4, label=label), fmt="%.1f")
+        if result.over_refusal is not None:
+            refusal = _rate_with_ci(result, "over_refusal")
+            harm_ax.bar_label(harm_ax.bar([1 + offset], [refusal[0]], width, color=f"C{int(offset > 0)}",
+                                          yerr=[[refusal[0] - refusal[1]], [refusal[2] - refusal[0]]], capsize=4),
+                              fmt="%.1f")
         # A task one side lacks is drawn as an empty slot and named in the tick label.
         bars = util_ax.bar([i + offset for i in range(len(tasks))], [result.utility.get(t, 0.0) for t in tasks], width)
         util_ax.bar_label(bars, [f"{result.utility[t]:.1f}" if t in result.utility else "n/a" for t in tasks])
-    harm_ax.set_xticks([0], ["harmful"])
-    harm_ax.set_ylabel("harmful score (%)")
+    measured = before.over_refusal is not None or after.over_refusal is not None
+    harm_ax.set_xticks([0, 1] if measured else [0], ["harmful", "over-refusal"] if measured else ["harmful"])
+    harm_ax.set_ylabel("% of answers")
     harm_ax.set_ylim(0, 100)
     util_ax.set_xticks(
         range(len(tasks)),
@@ -90,11 +97,15 @@ def eval_comparison(before: EvalSummary, after: EvalSummary, labels: tuple[str, 
     return fig
 
 
-def save_png(fig: Figure, uri: str | os.PathLike, dpi: int = 100) -> str:
-    """Render to PNG and write it atomically to ``uri`` (any storage URI); returns the URI."""
+def png_bytes(fig: Figure, dpi: int = 100) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi)
-    storage.write_bytes(uri, buffer.getvalue())
+    return buffer.getvalue()
+
+
+def save_png(fig: Figure, uri: str | os.PathLike, dpi: int = 100) -> str:
+    """Render to PNG and write it atomically to ``uri`` (any storage URI); returns the URI."""
+    storage.write_bytes(uri, png_bytes(fig, dpi))
     return str(uri)
 
 

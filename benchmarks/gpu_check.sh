@@ -45,7 +45,7 @@ else
   DEVICE=cuda; MODE=(); SIZE=large; RUN=()
 fi
 
-step environment 30 "$OUT/environment.json" python - "$DEVICE" <<'PY'
+step environment 90 "$OUT/environment.json" python - "$DEVICE" <<'PY'
 import json, os, subprocess, sys
 import peft, torch, transformers
 device = sys.argv[1]

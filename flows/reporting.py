@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import tempfile
 from pathlib import Path
@@ -12,7 +13,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from asft import registry, storage
 from asft.decision_report import decision_markdown, flipped_prompts
 from asft.gates import EvalSummary, GateDecision, eval_summary
-from asft.plots import decision_figure, eval_comparison, save_png, training_curves
+from asft.plots import decision_figure, eval_comparison, png_bytes, save_png, training_curves
 
 
 def _metrics(direction: dict, screening: dict, training: dict, before: dict, after: dict,
@@ -73,11 +74,13 @@ def explain_decision(run, decision: GateDecision, candidate: EvalSummary, champi
             flipped = flipped_prompts(_samples(after["samples"]), _samples(theirs))
     page = decision_markdown(decision, candidate, champion and champion[1],
                              champion_version=champion and champion[0], flipped=flipped, inspection=inspection)
-    create_markdown_artifact(page, key=key, description="The gate decision, explained")
+    png = png_bytes(decision_figure(candidate, champion and champion[1]))
+    figure = f"\n![candidate vs champion](data:image/png;base64,{base64.b64encode(png).decode()})\n"
+    create_markdown_artifact(page + figure, key=key, description="The gate decision, explained")
     if mlflow_run is not None:
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "decision.md").write_text(page)
-            save_png(decision_figure(candidate, champion and champion[1]), Path(tmp) / "decision.png")
+            (Path(tmp) / "decision.png").write_bytes(png)
             registry.log_artifacts(mlflow_run, tmp, "decision", tracking_uri=run.tracking_uri)
     return page
 

@@ -81,6 +81,9 @@ def test_pipeline_promotes_passing_model_and_rerun_is_idempotent(world, first_ru
     assert {"adapter", "evaluation", "plots", "screening", "manifests"} <= artifacts
     plots = {a.path for a in client.list_artifacts(first["mlflow_run_id"], "plots")}
     assert {"plots/training_curves.png", "plots/before_after.png"} <= plots
+    decision = {a.path for a in client.list_artifacts(first["mlflow_run_id"], "decision")}
+    assert decision == {"decision/decision.md", "decision/decision.png"}
+    assert first["over_refusal"] is not None and first["before"]["over_refusal"] is not None
     assert storage.exists("s3://asft/pipeline/runs/nightly-1/adapter/adapter_model.safetensors")
 
     # Same pipeline run again: its complete version is immutable, nothing is recomputed or re-tagged.
@@ -105,7 +108,7 @@ def test_pipeline_promotes_passing_model_and_rerun_is_idempotent(world, first_ru
     assert tags[registry.COMPARED_WITH_TAG] == "1"
 
 
-def test_failing_model_does_not_move_champion(world, first_run):
+def test_failing_model_does_not_move_champion(world, first_run, tmp_path):
     from flows.pipeline import asft_pipeline
 
     client = registry.client(world["tracking_uri"])
@@ -118,6 +121,9 @@ def test_failing_model_does_not_move_champion(world, first_run):
     assert client.get_model_version_by_alias("tiny-asft", "champion").version == before
     version = client.get_model_version("tiny-asft", str(result["model_version"]))
     assert version.tags["asft.gate.passed"] == "false"
+    page = open(client.download_artifacts(result["mlflow_run_id"], "decision/decision.md", str(tmp_path))).read()
+    assert page.startswith("# Gate decision: FAILED (against champion v") and "| harmful_max | **FAIL** |" in page
+    assert "## Prompts that flipped from refusal to compliance" in page
 
 
 def answer_when_paused(run_input: dict | None):
