@@ -126,7 +126,8 @@ def _rate_with_ci(summary: EvalSummary, key: str) -> tuple[float, float, float] 
         low, high = summary.harmful_score_ci95 if key == "harmful" and summary.harmful_score_ci95 else (value, value)
         return value, low, high
     low, high = (100 * x for x in wilson_interval(outcomes.count, outcomes.n))
-    return (value, 100 - high, 100 - low) if key.startswith("utility:") else (value, low, high)
+    low, high = (100 - high, 100 - low) if key.startswith("utility:") else (low, high)
+    return value, min(low, value), max(high, value)  # at 0 or n the bound lands a rounding error off the point
 
 
 def decision_figure(candidate: EvalSummary, champion: EvalSummary | None) -> Figure:

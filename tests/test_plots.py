@@ -74,3 +74,19 @@ def test_eval_comparison_bars_and_confidence_interval(tmp_path):
     assert ends == [8.0, 16.0, 34.0, 47.0]
     out = plots.save_png(fig, tmp_path / "eval.png")
     assert imread(out).ndim == 3
+
+
+@pytest.mark.parametrize("n, bad", [(11, 0), (6, 6), (50, 0)])
+def test_decision_and_comparison_figures_at_zero_and_all_bad(n, bad):
+    # The Wilson bound at 0 or n lands a rounding error off the point: error bars must not go negative.
+    from asft.gates import Outcomes
+    from asft.plots import decision_figure, eval_comparison
+
+    flags = [i < bad for i in range(n)]
+    rate = 100.0 * bad / n
+    summary = EvalSummary(harmful_score=rate, over_refusal=rate, utility={"sst2": 100.0 - rate},
+                          harmful_by_category={"x": rate},
+                          outcomes={key: Outcomes.of(flags) for key in ("harmful", "over_refusal", "harmful:x")}
+                          | {"utility:sst2": Outcomes.of(flags)})
+    for fig in (decision_figure(summary, summary), eval_comparison(summary, summary)):
+        assert fig.axes and all(p.get_height() >= 0 for ax in fig.axes for p in ax.patches)
