@@ -191,7 +191,8 @@ def _generate(config: EvalConfig, sets: EvalSets) -> tuple[dict[str, list[str]],
     del model
     _free_accelerator_memory()
     seconds = perf_counter() - loaded
-    cut_by_set = {name: sum(flags) for name, flags in sets.split([i in set(cut) for i in range(len(records))]).items()}
+    cut = set(cut)
+    cut_by_set = {name: sum(flags) for name, flags in sets.split([i in cut for i in range(len(records))]).items()}
     return sets.split(answers), cut_by_set, {
         "load_s": loaded - start, "generate_s": seconds, "prompts": len(records), "new_tokens": new_tokens,
         "prompts_per_s": len(records) / seconds if seconds else None,
