@@ -6,11 +6,12 @@ import json
 
 import pandas as pd
 import pytest
+from data_helpers import BENIGN, write_jsonl
 
-from asft.data.ingest import FieldMap, IngestConfig, ingest, to_record
+from asft.data.ingest import IngestConfig, ingest
+from asft.data.records import FieldMap, to_record
 from asft.errors import AsftError
 from asft.templates import Record
-from data_helpers import BENIGN, write_jsonl
 
 
 def _records(result):
