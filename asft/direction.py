@@ -12,14 +12,18 @@ the target tensors' stored bytes per input (``tensors_sha256``: what V was compu
 the output, and, unless the caller already has them (the pipeline's fingerprint step), of
 both whole checkpoints. The reading, writing and hashing machinery is :mod:`asft.io`.
 
+Targets default to the model type's preset (:mod:`asft.architectures`). V is always stored in
+nn.Linear's (out, in) layout: weights that the checkpoint stores as (in, out) (transformers'
+Conv1D, GPT-2 family) are transposed, and the manifest lists them (``transposed_modules``).
+
 Output folder: ``direction.safetensors`` (one V per module, keyed by module name, e.g.
 ``model.layers.0.self_attn.q_proj``) and ``manifest.json`` (inputs with content hashes,
-modules, shapes, norms, a few singular values, timing, memory).
+targets and the preset that chose them, modules, shapes, layout, fused q/k/v rows, norms,
+a few singular values, timing, memory).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
@@ -35,6 +39,17 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from asft import storage
+from asft.architectures import (
+    CheckpointLayout,
+    QkvLayout,
+    Targets,
+    checkpoint_layout,
+    check_target_fields,
+    checkpoint_weights,
+    model_type,
+    module_matches,
+    resolve_targets,
+)
 from asft.errors import AsftError
 from asft.io.hashing import checkpoint_sha256
 from asft.io.memory import peak_rss_mb, rss_mb
@@ -53,7 +68,22 @@ MANIFEST_FILE = "manifest.json"
 FORMAT = "asft-direction/1"
 StoredDtype = Literal["float32", "bfloat16", "float16"]
 _EXACT_SVD_MAX = 256
-_Plan = tuple[list[str], dict[str, StoredTensor], dict[str, StoredTensor]]  # modules, where aligned/base weights lie
+
+
+@dataclass
+class _Plan:
+    """The modules, where each side's weights lie, what chose the modules, and their layout."""
+
+    modules: list[str]
+    aligned: dict[str, StoredTensor]
+    base: dict[str, StoredTensor]
+    targets: Targets
+    layout: CheckpointLayout
+
+    def shape(self, name: str) -> list[int]:
+        """V's shape, in (out, in) layout."""
+        shape = self.aligned[name].shape
+        return shape[::-1] if name in self.layout.transposed else shape
 
 
 class DirectionConfig(BaseModel):
@@ -64,9 +94,10 @@ class DirectionConfig(BaseModel):
     aligned: str = Field(description="Aligned (chat) checkpoint: HF folder with safetensors, local path or URI")
     base: str = Field(description="Base checkpoint the aligned model was trained from: local path or URI")
     out: str = Field(description="Output folder (local path or URI) for direction.safetensors and manifest.json")
-    target_modules: list[str] = Field(
-        default_factory=lambda: ["q_proj", "v_proj"],
-        description="Module names matched as suffixes (q_proj matches model.layers.3.self_attn.q_proj)")
+    target_modules: list[str] | None = Field(
+        None, description="Module names matched as suffixes (q_proj matches model.layers.3.self_attn.q_proj); "
+        "unset: the model type's preset, the attention query and value (q_proj,v_proj; qkv_proj for Phi-3; "
+        "query_key_value for GPT-NeoX, Falcon, Bloom; c_attn for GPT-2)")
     target_regex: str | None = Field(
         None, description="Regular expression that the full module name must match; replaces target_modules")
     dtype: StoredDtype = Field("float32", description="Stored dtype of V (computed in float32 in any case)")
@@ -87,21 +118,8 @@ class DirectionConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_targets(self) -> DirectionConfig:
-        if self.target_regex is not None:
-            try:
-                re.compile(self.target_regex)
-            except re.error as exc:
-                raise ValueError(f"target_regex {self.target_regex!r} is not a valid regular expression: {exc}") from None
-        elif not self.target_modules or not all(t.strip() for t in self.target_modules):
-            raise ValueError("target_modules is empty; give module names such as q_proj,v_proj")
+        check_target_fields(self.target_modules, self.target_regex)
         return self
-
-
-def module_matches(name: str, targets: list[str], regex: str | None = None) -> bool:
-    """peft's rule: a full-match regex, or a name equal to / ending in ``.<target>``."""
-    if regex is not None:
-        return re.fullmatch(regex, name) is not None
-    return any(name == t or name.endswith("." + t) for t in targets)
 
 
 def top_singular_values(v: torch.Tensor, k: int) -> tuple[list[float], str]:
@@ -116,11 +134,7 @@ def top_singular_values(v: torch.Tensor, k: int) -> tuple[list[float], str]:
     return torch.linalg.vector_norm(factor, dim=0).tolist(), "randomized"
 
 
-def _model_type(folder: Path) -> str | None:
-    return json.loads((folder / "config.json").read_text()).get("model_type")
-
-
-def select_modules(files: dict[str, Path], targets: list[str], regex: str | None) -> list[str]:
+def select_modules(files: dict[str, Path], targets: list[str] | tuple[str, ...], regex: str | None) -> list[str]:
     """Module names (tensor key minus ``.weight``) that match the targets; biases never do."""
     return sorted(key[: -len(".weight")] for key in files
                   if key.endswith(".weight") and module_matches(key[: -len(".weight")], targets, regex))
@@ -151,17 +165,16 @@ def _stored_tensors(files: dict[str, Path], modules: list[str], what: str) -> di
 
 def _plan(config: DirectionConfig, aligned: Path, base: Path) -> _Plan:
     """Module list and where each side's weights lie, after every consistency check."""
-    a_type, b_type = _model_type(aligned), _model_type(base)
+    a_type, b_type = model_type(aligned), model_type(base)
     if a_type != b_type:
         raise AsftError(f"architectures differ: aligned {config.aligned} is {a_type!r}, base {config.base} is {b_type!r}; "
                         "give the base model the aligned one was trained from")
+    targets = resolve_targets(a_type, config.target_modules, config.target_regex,
+                              checkpoint_weights(aligned, "aligned model"), f"aligned model {config.aligned}")
     a_files, b_files = tensor_files(aligned, "aligned model"), tensor_files(base, "base model")
-    a_mods = select_modules(a_files, config.target_modules, config.target_regex)
-    b_mods = select_modules(b_files, config.target_modules, config.target_regex)
-    pattern = f"regex {config.target_regex!r}" if config.target_regex else f"target modules {','.join(config.target_modules)}"
-    if not a_mods:
-        raise AsftError(f"{pattern} match no weight in aligned model {config.aligned}; "
-                        "check the names (e.g. q_proj,v_proj for Llama) or the regex")
+    a_mods = select_modules(a_files, targets.modules or (), targets.regex)
+    b_mods = select_modules(b_files, targets.modules or (), targets.regex)
+    pattern = targets.describe()
     for side, mods, other, where in (("base", a_mods, set(b_mods), config.base),
                                      ("aligned", b_mods, set(a_mods), config.aligned)):
         missing = [m for m in mods if m not in other]
@@ -177,7 +190,18 @@ def _plan(config: DirectionConfig, aligned: Path, base: Path) -> _Plan:
                             "the checkpoints must have the same architecture")
         if len(a_shape) != 2:
             raise AsftError(f"{pattern} match {name}.weight of shape {a_shape}, not a matrix; target linear layers only")
-    return a_mods, a_stored, b_stored
+    plan = _Plan(a_mods, a_stored, b_stored, targets, checkpoint_layout(aligned, a_mods))
+    _check_fused_rows(plan, config.aligned)
+    return plan
+
+
+def _check_fused_rows(plan: _Plan, where: str) -> None:
+    """The q/k/v row layout from config.json must tile each fused weight exactly."""
+    for name in plan.modules:
+        qkv = plan.layout.qkv.get(name.split(".")[-1])
+        if qkv is not None and plan.shape(name)[0] != qkv.rows_total:
+            raise AsftError(f"aligned model {where}: {name} has {plan.shape(name)[0]} output rows but its config.json "
+                            f"head counts give {qkv.rows_total} ({qkv.record()}); the checkpoint and its config disagree")
 
 
 class _Phases:
@@ -196,7 +220,7 @@ class _Phases:
 
 
 def _input_record(uri: str, folder: Path, given: str | None, computed: Future | None, tensors_sha256: str) -> dict:
-    return {"uri": uri, "model_type": _model_type(folder), "sha256": given or computed.result(),
+    return {"uri": uri, "model_type": model_type(folder), "sha256": given or computed.result(),
             "sha256_source": "given" if given else "computed", "tensors_sha256": tensors_sha256}
 
 
@@ -221,13 +245,14 @@ def _svd_modules(modules: list[str], count: int) -> set[str]:
 def _stream(config: DirectionConfig, plan: _Plan, out: Path, phase: _Phases, rss_start: float,
             progress: Callable[[str], None] | None) -> _Streamed:
     """V = aligned - base module by module, into ``out``, through one reused buffer."""
-    modules, a_stored, b_stored = plan
+    modules, a_stored, b_stored = plan.modules, plan.aligned, plan.base
     shapes = {name: a_stored[name].shape for name in modules}
     svd_names = _svd_modules(modules, config.svd_modules) if config.svd_modules else set()
     v_buffer = torch.empty(max(torch.Size(s).numel() for s in shapes.values()), dtype=torch.float32)
     done, diagnostics = _Streamed(rss_max=rss_start), ThreadPoolExecutor(1, thread_name_prefix="asft-singular-values")
     a_reader, b_reader = TensorReader(), TensorReader()
-    writer = StreamingSafetensorsWriter(out, shapes, getattr(torch, config.dtype), {"format": FORMAT})
+    writer = StreamingSafetensorsWriter(out, {name: plan.shape(name) for name in modules}, getattr(torch, config.dtype),
+                                        {"format": FORMAT})
     try:
         for i, name in enumerate(modules):
             v = v_buffer[: torch.Size(shapes[name]).numel()]
@@ -240,7 +265,7 @@ def _stream(config: DirectionConfig, plan: _Plan, out: Path, phase: _Phases, rss
             # the diagnostic runs beside the write (both only read V)
             svd = diagnostics.submit(top_singular_values, v, config.top_singular) if name in svd_names else None
             with phase("write"):
-                writer.add(name, v)
+                writer.add(name, v.T if name in plan.layout.transposed else v)  # (out, in) layout
             if svd is not None:
                 with phase("singular_values"):
                     done.singular[name], done.svd_method[name] = svd.result()
@@ -256,18 +281,18 @@ def _stream(config: DirectionConfig, plan: _Plan, out: Path, phase: _Phases, rss
 
 def _manifest(config: DirectionConfig, inputs: dict, plan: _Plan, done: _Streamed, phase: _Phases,
               started: float, rss_start: float) -> dict:
-    modules, a_stored, _ = plan
-    shapes = {name: a_stored[name].shape for name in modules}
+    modules = plan.modules
+    shapes = {name: plan.shape(name) for name in modules}
     return {
         "format": FORMAT,
         **inputs,
-        "target_modules": None if config.target_regex else config.target_modules,
-        "target_regex": config.target_regex,
+        **plan.targets.record(),
         "dtype": config.dtype,
         "direction_file": DIRECTION_FILE,
         "direction_sha256": done.direction_sha256,
         "modules": modules,
         "shapes": shapes,
+        **plan.layout.record(),
         "frobenius_norms": done.norms,
         "top_singular_values": done.singular,
         "singular_values_method": done.svd_method,
@@ -319,6 +344,32 @@ class Direction:
     norms: dict[str, float]
     sha256: str
     manifest: dict
+
+    def check_orientation(self, name: str, stored_transposed: bool, where: str) -> None:
+        """V is in (out, in) layout; a model that stores ``name`` as (in, out) (Conv1D) must
+        meet a direction that knew it (directions before ``weight_layout`` did not)."""
+        if "weight_layout" not in self.manifest:
+            if stored_transposed:
+                raise AsftError(f"direction {where}: {name} is stored transposed (Conv1D) in the model but the direction "
+                                "predates asft's (out, in) layout; re-run `asft direction`")
+            return
+        if stored_transposed != (name in self.manifest["transposed_modules"]):
+            raise AsftError(f"direction {where}: {name} is {'' if stored_transposed else 'not '}stored transposed in the "
+                            "model but the direction says otherwise; use the direction built for this model family")
+
+    def qkv_layout(self, name: str) -> QkvLayout | None:
+        """The q/k/v rows of ``name`` when it is a fused q/k/v weight the direction knows the layout of."""
+        record = (self.manifest.get("fused_qkv") or {}).get(name.split(".")[-1])
+        return None if record is None else QkvLayout(**record)
+
+    def qv_row_blocks(self, modules: list[str], where: str) -> dict[str, list[torch.Tensor]]:
+        """For anchoring fused q/k/v weights on q and v only: module -> [its q rows, its v rows]."""
+        blocks = {name: [layout.rows("q"), layout.rows("v")] for name in modules
+                  if (layout := self.qkv_layout(name)) is not None}
+        if not blocks:
+            raise AsftError(f"fused_qkv_anchor qv: none of the modules {', '.join(modules[:3])}... is a fused q/k/v "
+                            f"weight whose row layout direction {where} knows; use fused_qkv_anchor whole")
+        return blocks
 
 
 def load_direction(uri: str | os.PathLike, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,

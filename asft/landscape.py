@@ -24,6 +24,9 @@ inside and the first point outside crosses the threshold; when the score never l
 basin within the grid, the edge is the end of the grid and is flagged ``censored`` (the
 basin is at least that wide). If the aligned model itself (0, 0) is above the threshold
 the width is 0.
+
+Every axis is in nn.Linear's (out, in) layout, as V is; a weight stored as (in, out)
+(transformers' Conv1D, GPT-2 family) is moved along the transposed axis.
 """
 
 from __future__ import annotations
@@ -99,16 +102,22 @@ def perpendicular_direction(vectors: Mapping[str, torch.Tensor], seed: int) -> d
     return perp
 
 
-def target_weight(model: torch.nn.Module, name: str) -> torch.nn.Parameter:
-    """The weight of a module named like ``model.layers.0.self_attn.q_proj`` (or the parameter itself)."""
+def target_weight(model: torch.nn.Module, name: str) -> tuple[torch.nn.Parameter, bool]:
+    """The weight of a module named like ``model.layers.0.self_attn.q_proj`` (or the parameter
+    itself), and whether it is stored as (in, out) (Conv1D) rather than nn.Linear's (out, in)."""
+    from asft.architectures import is_transposed
+
     try:
-        return model.get_submodule(name).weight
+        module = model.get_submodule(name)
+        return module.weight, is_transposed(module)
     except AttributeError:
         pass
     try:
-        return model.get_parameter(name)
+        param = model.get_parameter(name)
     except AttributeError:
         raise AsftError(f"module {name} (from the direction) is not in the model; use the direction built for this model") from None
+    owner = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+    return param, is_transposed(owner) and name.endswith(".weight")
 
 
 class WeightShift:
@@ -121,14 +130,19 @@ class WeightShift:
 
     def __init__(self, model: torch.nn.Module, axes: Sequence[Mapping[str, torch.Tensor]]):
         names = sorted(axes[0])
-        self.params = {name: target_weight(model, name) for name in names}
+        weights = {name: target_weight(model, name) for name in names}
+        self.params = {name: param for name, (param, _) in weights.items()}
+        self.transposed = frozenset(name for name, (_, transposed) in weights.items() if transposed)
         for name, param in self.params.items():
+            shape = tuple(param.shape)[::-1] if name in self.transposed else tuple(param.shape)  # (out, in)
             for axis in axes:
-                if tuple(axis[name].shape) != tuple(param.shape):
-                    raise AsftError(f"module {name}: the model's weight is {tuple(param.shape)} but the direction has "
+                if tuple(axis[name].shape) != shape:
+                    raise AsftError(f"module {name}: the model's weight is {shape} (out, in) but the direction has "
                                     f"{tuple(axis[name].shape)}; use the direction built for this model")
         self.original = {name: param.detach().float().clone() for name, param in self.params.items()}
-        self.axes = [{name: axis[name].to(param.device, torch.float32) for name, param in self.params.items()} for axis in axes]
+        # each axis in its weight's stored layout
+        self.axes = [{name: (axis[name].T if name in self.transposed else axis[name]).to(param.device, torch.float32)
+                      for name, param in self.params.items()} for axis in axes]
 
     @torch.no_grad()
     def move(self, *coefficients: float) -> None:
@@ -222,7 +236,8 @@ def project_onto_axes(updates: Mapping[str, ModuleUpdate], axes: Sequence[Mappin
 # ---------------------------------------------------------------- the sweep
 
 def base_difference(model, base: str) -> dict[str, torch.Tensor]:
-    """``W_aligned - W_base`` for every 2-D weight of ``model`` (norm layers and biases are 1-D)."""
+    """``W_aligned - W_base`` for every 2-D weight of ``model`` (norm layers and biases are 1-D),
+    in (out, in) layout."""
     from asft.io.safetensors import read_tensor, tensor_files
     from asft.modeling import resolve_checkpoint
 
@@ -236,18 +251,29 @@ def base_difference(model, base: str) -> dict[str, torch.Tensor]:
         W_b = read_tensor(files[name], name).float()
         if tuple(W_b.shape) != tuple(param.shape):
             raise AsftError(f"base model {base}: {name} is {tuple(W_b.shape)}, the model's is {tuple(param.shape)}")
-        vectors[name] = param.detach().float().cpu() - W_b
+        difference = param.detach().float().cpu() - W_b
+        vectors[name] = difference.T if target_weight(model, name)[1] else difference
     return vectors
 
 
-def finetuned_updates(uri: str, aligned: str, modules: list[str]) -> dict[str, ModuleUpdate]:
-    """The update of a PEFT adapter folder, or of a full checkpoint against ``aligned``, on ``modules``."""
+def finetuned_updates(uri: str, aligned: str, modules: list[str],
+                      transposed: frozenset[str] = frozenset()) -> dict[str, ModuleUpdate]:
+    """The update of a PEFT adapter folder, or of a full checkpoint against ``aligned``, on
+    ``modules``, in (out, in) layout (``transposed``: the modules the checkpoint stores as (in, out))."""
     from asft.storage import materialize
     from asft.update_inspection import ADAPTER_CONFIG, adapter_updates, checkpoint_updates
 
     if (materialize(uri) / ADAPTER_CONFIG).exists():
         return adapter_updates(uri)
-    return dict(checkpoint_updates(uri, aligned, modules))
+    return dict(checkpoint_updates(uri, aligned, modules, transposed))
+
+
+def _transposed_modules(lm, names, loaded, direction: str | None) -> frozenset[str]:
+    """The target modules the model stores as (in, out), checked against the direction if there is one."""
+    transposed = frozenset(name for name in names if target_weight(lm, name)[1])
+    for name in names if loaded is not None else ():
+        loaded.check_orientation(name, name in transposed, direction)
+    return transposed
 
 
 class _Scorer:
@@ -377,21 +403,25 @@ def landscape(model: str, harmful: str, out: str, *, direction: str | None = Non
     config = config or LandscapeConfig()
     check_output(out, "landscape", inputs=(model, harmful, direction, base, finetuned, *(utility or {}).values()))
     started = time.perf_counter()
+    loaded = None
     if config.modules == "direction":  # a bad direction fails before the model is loaded
         if direction is None:
             raise AsftError("no direction given; pass --direction (a folder written by `asft direction`), or --modules all with --base")
-        d_aligned = load_direction(direction).vectors
+        loaded = load_direction(direction)
+        d_aligned = loaded.vectors
     elif base is None:
         raise AsftError("--modules all takes d_aligned = W_aligned - W_base for every 2-D weight; pass --base")
     lm, tokenizer = load_model(model, dtype=config.dtype, device=config.device)
     if config.modules == "all":
         d_aligned = base_difference(lm, base)
+    transposed = _transposed_modules(lm, d_aligned, loaded, direction)
     scorer = _Scorer(config, tokenizer, harmful, utility or {})  # bad prompt files fail before the sweep
     d_perp = perpendicular_direction(d_aligned, config.seed)
     marks = {"aligned": (0.0, 0.0), "base (a=-1)": (-1.0, 0.0)}
     projection = None
     if finetuned is not None:
-        projection = project_onto_axes(finetuned_updates(finetuned, model, sorted(d_aligned)), [d_aligned, d_perp])
+        updates = finetuned_updates(finetuned, model, sorted(d_aligned), transposed)
+        projection = project_onto_axes(updates, [d_aligned, d_perp])
         marks["fine-tuned"] = tuple(projection["coords"])
     rows = _sweep(lm, [d_aligned, d_perp], config, scorer, progress or (lambda message: None))
     summary = _summary(rows, config, d_aligned, projection, scorer, harmful=harmful, finetuned=finetuned,

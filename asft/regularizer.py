@@ -17,7 +17,14 @@ is the formula above with V replaced by L, and only L is kept: ``in / k`` times 
 
 The named variant ``projector`` replaces C by a true orthogonal projector P = U_k U_k^T onto
 the top-k left singular vectors of V (then the penalty is zero exactly when the columns of
-B lie in span(U_k)). Everything is computed in float32 (float64 if A is float64) whatever the model's dtype.
+B lie in span(U_k)).
+
+Row blocks (``RowBlockAnchor``, for fused q/k/v weights anchored on q and v only): each block
+of rows gets its own anchor built from its rows of V, as if it were a module of its own
+(``(B A)[rows] = B[rows] A``); rows in no block are mapped to themselves, so the penalty
+ignores them and a Safe LoRA projection keeps them.
+
+Everything is computed in float32 (float64 if A is float64) whatever the model's dtype.
 """
 
 from __future__ import annotations
@@ -134,21 +141,48 @@ class ProjectorAnchor(Anchor):
         return apply_anchor(X, self.U.to(X.dtype), 1.0)
 
 
+@dataclass
+class RowBlockAnchor(Anchor):
+    """M acting per block of rows: ``(M X)[rows] = anchor.apply(X[rows])`` for each block;
+    rows in no block are left as they are (M = I there)."""
+
+    blocks: list[tuple[torch.Tensor, Anchor]]  # (row indices, the anchor of those rows)
+
+    def apply(self, X: torch.Tensor) -> torch.Tensor:
+        Y = X
+        for rows, anchor in self.blocks:
+            Y = Y.index_copy(0, rows, anchor.apply(X.index_select(0, rows)))
+        return Y
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return tuple(t for rows, anchor in self.blocks for t in (rows, *anchor.tensors()))
+
+
+def _matrix_anchor(V: torch.Tensor, kind: AnchorKind, top_k: int, rank: int | None) -> Anchor:
+    if kind == "fro":
+        kept = V if rank is None else low_rank_factor(V, rank)
+        return DirectionAnchor(kept, torch.linalg.matrix_norm(V if V.dtype == torch.float64 else V.float()))
+    if kind == "projector":
+        return ProjectorAnchor(top_k_projector(V, min(top_k, min(V.shape))))
+    raise ValueError(f"unknown anchor kind {kind!r}; choose fro or projector")
+
+
 def build_anchors(vectors: dict[str, torch.Tensor], kind: AnchorKind = "fro", top_k: int = 8,
-                  rank: int | None = None) -> dict[str, Anchor]:
+                  rank: int | None = None, row_blocks: dict[str, list[torch.Tensor]] | None = None
+                  ) -> dict[str, Anchor]:
     """Per-module anchors from alignment directions (already on the training device).
 
     ``fro``: the paper's C = V V^T / ||V||_F (V is kept, in its stored dtype; the norm in
-    float32); with ``rank`` only the low-rank factor L (out, rank) is kept instead of V.
+    float32, float64 for float64 V); with ``rank`` only the low-rank factor L (out, rank) is kept instead of V.
     ``projector``: only U_k is kept. Either way V can be freed afterwards.
+    ``row_blocks``: for these modules, one anchor per block of rows (``RowBlockAnchor``).
     """
     anchors = {}
     for name, V in vectors.items():
-        if kind == "fro":
-            kept = V if rank is None else low_rank_factor(V, rank)
-            anchors[name] = DirectionAnchor(kept, torch.linalg.matrix_norm(V.float()))
-        elif kind == "projector":
-            anchors[name] = ProjectorAnchor(top_k_projector(V, min(top_k, min(V.shape))))
+        blocks = (row_blocks or {}).get(name)
+        if blocks is None:
+            anchors[name] = _matrix_anchor(V, kind, top_k, rank)
         else:
-            raise ValueError(f"unknown anchor kind {kind!r}; choose fro or projector")
+            blocks = [rows.to(V.device) for rows in blocks]
+            anchors[name] = RowBlockAnchor([(rows, _matrix_anchor(V[rows], kind, top_k, rank)) for rows in blocks])
     return anchors

@@ -17,6 +17,10 @@ Adapters are read from ``adapter_model.safetensors`` without loading any model a
 factored, so nothing of size (out, in) is built; C is never materialised (``C X`` is
 computed as ``V (V^T X) / n``). Full checkpoints are streamed module by module with
 ``safe_open``: ``dW = W_ft - W_aligned``.
+
+Everything is in nn.Linear's (out, in) layout, as V is: a LoRA update B A already is (peft's
+for Conv1D too); a full checkpoint's difference is transposed for the modules it stores as
+(in, out) (Conv1D, read off the model skeleton), after checking the direction agrees.
 """
 
 from __future__ import annotations
@@ -154,8 +158,10 @@ def adapter_updates(uri: str) -> dict[str, ModuleUpdate]:
     return updates
 
 
-def checkpoint_updates(checkpoint: str, aligned: str, modules: list[str]) -> Iterator[tuple[str, ModuleUpdate]]:
-    """``W_ft - W_aligned`` for each module, read one tensor at a time (never a whole model)."""
+def checkpoint_updates(checkpoint: str, aligned: str, modules: list[str],
+                       transposed: frozenset[str] = frozenset()) -> Iterator[tuple[str, ModuleUpdate]]:
+    """``W_ft - W_aligned`` for each module in (out, in) layout (``transposed``: the modules
+    stored as (in, out)), read one tensor at a time (never a whole model)."""
     from asft.io.safetensors import read_tensor, tensor_files
     from asft.modeling import resolve_checkpoint
 
@@ -166,7 +172,19 @@ def checkpoint_updates(checkpoint: str, aligned: str, modules: list[str]) -> Ite
         for files, uri in ((tuned_files, checkpoint), (aligned_files, aligned)):
             if key not in files:
                 raise AsftError(f"{uri}: has no tensor {key} (a direction module); use the checkpoint the direction was built for")
-        yield module, ModuleUpdate(B=read_tensor(tuned_files[key], key).float() - read_tensor(aligned_files[key], key).float())
+        update = read_tensor(tuned_files[key], key).float() - read_tensor(aligned_files[key], key).float()
+        yield module, ModuleUpdate(B=update.T if module in transposed else update)
+
+
+def _transposed(loaded, aligned: str, direction: str) -> frozenset[str]:
+    """The direction's modules that the aligned checkpoint stores as (in, out), checked against the direction."""
+    from asft.architectures import checkpoint_layout
+    from asft.modeling import resolve_checkpoint
+
+    transposed = checkpoint_layout(resolve_checkpoint(aligned, "aligned model"), sorted(loaded.vectors)).transposed
+    for name in loaded.vectors:
+        loaded.check_orientation(name, name in transposed, direction)
+    return transposed
 
 
 # ---------------------------------------------------------------- the report
@@ -248,7 +266,7 @@ def inspect_update(direction: str, *, adapter: str | None = None, checkpoint: st
         if not aligned:
             raise AsftError(f"direction {direction}: its manifest names no aligned model; pass --aligned")
         untouched = []
-        stream = checkpoint_updates(checkpoint, aligned, sorted(vectors))
+        stream = checkpoint_updates(checkpoint, aligned, sorted(vectors), _transposed(loaded, aligned, direction))
         source = {"checkpoint": checkpoint, "aligned": aligned}
     rows = [decompose(name, update, vectors[name], config.top_k) for name, update in stream]
     summary = {

@@ -47,6 +47,9 @@ def test_direction_is_the_exact_weight_difference_per_module(llama_pair, tmp_pat
         torch.linalg.svdvals(expected[first])[:8].tolist(), rel=1e-5)
     on_disk = json.loads((tmp_path / "d" / "manifest.json").read_text())
     assert on_disk["direction_sha256"] == manifest["direction_sha256"]
+    # no targets given: the llama preset, recorded; nn.Linear weights are already (out, in)
+    assert (manifest["target_preset"], manifest["target_modules"], manifest["target_regex"]) == ("llama", ["q_proj", "v_proj"], None)
+    assert manifest["weight_layout"] == "out_in" and manifest["transposed_modules"] == [] and manifest["fused_qkv"] == {}
 
 
 def test_biases_are_excluded_and_pairing_is_by_name(qwen_pair, tmp_path):
@@ -116,7 +119,8 @@ def test_errors_are_one_clear_line(llama_pair, qwen_pair, tmp_path):
 
     with pytest.raises(AsftError, match="architectures differ"):
         run(b=qwen_pair[1])
-    with pytest.raises(AsftError, match="match no weight"):
+    with pytest.raises(AsftError, match="match no weight .* this llama model's linear modules: down_proj, gate_proj, up_proj, "
+                                        "k_proj, o_proj, q_proj, v_proj; pass --target-modules q_proj,v_proj"):
         run(target_modules=["nonexistent_proj"])
     with pytest.raises(AsftError, match="not a matrix"):
         run(target_modules=["input_layernorm"])

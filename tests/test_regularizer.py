@@ -153,3 +153,26 @@ def test_anchor_product_gradient_passes_gradcheck_including_second_use_of_the_ou
     norm = torch.linalg.matrix_norm(V)
     assert torch.autograd.gradcheck(lambda M: apply_anchor(M, V, norm) ** 2, (B,))
     assert torch.allclose(apply_anchor(B, V, norm), V @ V.T @ B / norm, rtol=1e-12, atol=0)
+
+
+def test_row_block_anchor_penalises_each_block_with_its_own_C_and_ignores_the_other_rows():
+    from asft.architectures import QkvLayout
+
+    layout = QkvLayout(groups=3, q=4, k=2, v=2)  # per group [q q q q | k k | v v], interleaved like GPT-NeoX
+    A, B, V = random_module(out=layout.rows_total, seed=5)
+    A.requires_grad_(True), B.requires_grad_(True)
+    blocks = [layout.rows("q"), layout.rows("v")]
+    (anchor,) = build_anchors({"m": V}, "fro", row_blocks={"m": blocks}).values()
+    fast = anchor.penalty(A, B)
+    naive = sum(naive_penalty(A, B[rows], V[rows], torch.linalg.matrix_norm(V[rows])) for rows in blocks)
+    assert float(fast) == pytest.approx(float(naive), rel=1e-10)
+    grads = torch.autograd.grad(fast, (A, B))
+    for g, n in zip(grads, torch.autograd.grad(naive, (A, B))):
+        torch.testing.assert_close(g, n, rtol=1e-9, atol=1e-12)
+    assert torch.count_nonzero(grads[1][layout.rows("k")]) == 0  # the k rows are not penalised
+    assert float(fast) != pytest.approx(float(asft_penalty(A, B, V, torch.linalg.matrix_norm(V))), rel=1e-3)
+    projected = anchor.apply(B.detach())  # Safe LoRA's C B: blocks projected, k rows as they were
+    assert torch.equal(projected[layout.rows("k")], B.detach()[layout.rows("k")])
+    q = layout.rows("q")
+    torch.testing.assert_close(projected[q], V[q] @ (V[q].T @ B.detach()[q]) / torch.linalg.matrix_norm(V[q]))
+    assert sorted(torch.cat([layout.rows(b) for b in "qkv"]).tolist()) == list(range(layout.rows_total))

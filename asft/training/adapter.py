@@ -42,8 +42,10 @@ def project_adapter_file(path: Path, config: TrainConfig) -> dict:
 
     direction = load_direction(config.direction)
     state = load_file(path)
+    blocks = (direction.qv_row_blocks(sorted(safelora.lora_modules(state)), config.direction)
+              if config.fused_qkv_anchor == "qv" else None)
     projected, report = safelora.project(state, direction.vectors, mode=config.safelora_mode,
-                                         tau=config.safelora_tau, k=config.safelora_k)
+                                         tau=config.safelora_tau, k=config.safelora_k, row_blocks=blocks)
     save_file(projected, path, metadata={"format": "pt"})
     return {**report, "direction_sha256": direction.sha256}
 

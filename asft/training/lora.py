@@ -1,27 +1,52 @@
-"""The LoRA side of the recipe: wrap the model with peft, find its LoRA layers by checkpoint
-module name, anchor them to the alignment direction and sum their penalties."""
+"""The LoRA side of the recipe: resolve the targets (given, or the model type's preset), wrap
+the model with peft, find its LoRA layers by checkpoint module name, anchor them to the
+alignment direction and sum their penalties.
+
+Orientation: peft's LoRA update ``B A`` is (out, in) for nn.Linear and for transformers'
+Conv1D alike (for Conv1D peft sets fan_in_fan_out and transposes only when merging), so it
+meets V, stored in the same (out, in) layout by `asft direction`, without any transpose.
+"""
 
 from __future__ import annotations
 
 import torch
 
+from asft.architectures import Targets, checkpoint_weights, choose_targets, is_transposed, model_type, resolve_targets
 from asft.errors import AsftError
 from asft.regularizer import Anchor, build_anchors
 from asft.training.config import TrainConfig
 from asft.training.safelora import PEFT_PREFIX
 
 
+def checkpoint_targets(config: TrainConfig) -> Targets:
+    """The run's targets from the checkpoint's config.json and safetensors headers, before any
+    model is loaded: a clear error naming the model's own modules when nothing matches."""
+    from asft.modeling import resolve_checkpoint
+
+    folder = resolve_checkpoint(config.model)
+    return resolve_targets(model_type(folder), config.target_modules, config.target_regex,
+                           checkpoint_weights(folder, "model"), f"model {config.model}", "LoRA targets")
+
+
+def model_targets(model, config: TrainConfig) -> Targets:
+    """The same resolution on a loaded (not yet wrapped) model."""
+    weights = {name[: -len(".weight")]: p.dim() for name, p in model.named_parameters() if name.endswith(".weight")}
+    return resolve_targets(model.config.model_type, config.target_modules, config.target_regex, weights,
+                           f"model {config.model}", "LoRA targets")
+
+
 def add_lora(model, config: TrainConfig):
-    """The peft model with LoRA on ``config.target_modules``; a clear error if none match."""
+    """The peft model with LoRA on the run's targets; a clear error if none match."""
     from peft import LoraConfig, get_peft_model
 
+    targets = model_targets(model, config)
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=config.target_modules, task_type="CAUSAL_LM")
+                      target_modules=targets.for_peft(), task_type="CAUSAL_LM")
     try:
         return get_peft_model(model, lora)
     except ValueError as exc:
-        raise AsftError(f"LoRA targets {','.join(config.target_modules)} on {config.model}: "
-                        f"{str(exc).splitlines()[0]}; check --target-modules") from None
+        raise AsftError(f"{targets.describe('LoRA targets')} on {config.model}: {str(exc).splitlines()[0]}; "
+                        "check --target-modules") from None
 
 
 def lora_layers(model) -> dict[str, torch.nn.Module]:
@@ -32,20 +57,33 @@ def lora_layers(model) -> dict[str, torch.nn.Module]:
             if isinstance(module, LoraLayer)}
 
 
+def targets_record(model, config: TrainConfig) -> dict:
+    """What the adapter manifest says about the targets: the preset or the user's patterns, the
+    LoRA modules, those stored (in, out) in the checkpoint (Conv1D), and the fused-q/k/v anchoring."""
+    layers = lora_layers(model)
+    targets = choose_targets(model.config.model_type, config.target_modules, config.target_regex)
+    return {**targets.record(), "lora_modules": sorted(layers),
+            "transposed_modules": sorted(n for n, layer in layers.items() if is_transposed(layer.get_base_layer())),
+            "fused_qkv_anchor": config.fused_qkv_anchor}
+
+
 def load_anchors(config: TrainConfig, layers: dict[str, torch.nn.Module], device) -> tuple[dict[str, Anchor], str]:
-    """Anchors for exactly the LoRA modules, on the training device, checked by name and shape."""
+    """Anchors for exactly the LoRA modules, on the training device, checked by name, shape and orientation."""
     from asft.direction import load_direction
 
     direction = load_direction(config.direction, modules=list(layers))  # error if a LoRA module has no V
+    blocks = direction.qv_row_blocks(list(layers), config.direction) if config.fused_qkv_anchor == "qv" else {}
     anchors = {}
     for name, layer in layers.items():
         V = direction.vectors[name]
-        if tuple(V.shape) != tuple(layer.get_base_layer().weight.shape):
+        direction.check_orientation(name, is_transposed(layer.get_base_layer()), config.direction)
+        if tuple(V.shape) != (layer.out_features, layer.in_features):
             raise AsftError(f"direction {config.direction}: {name} has shape {list(V.shape)}, the model's weight "
-                            f"{list(layer.get_base_layer().weight.shape)}; extract the direction from this model's family")
+                            f"(out, in) {[layer.out_features, layer.in_features]}; "
+                            "extract the direction from this model's family")
         # one module at a time: with direction_rank only the factor stays on the device
         V = V.to(device=device, dtype=getattr(torch, config.direction_dtype))
-        anchors.update(build_anchors({name: V}, config.anchor, config.top_k, config.direction_rank))
+        anchors.update(build_anchors({name: V}, config.anchor, config.top_k, config.direction_rank, blocks))
     return anchors, direction.sha256
 
 

@@ -15,6 +15,7 @@ from asft import storage
 from asft.training import checkpoint as ckpt
 from asft.training.adapter import ADAPTER_FILE, MANIFEST, headline, previous_result, project_existing
 from asft.training.config import TrainConfig
+from asft.training.lora import checkpoint_targets
 from asft.training.lora import lora_layers as _lora_layers  # noqa: F401  (benchmarks/step.py)
 from asft.training.lora import penalty as _penalty  # noqa: F401
 from asft.training.recipe import SHUFFLE_NOTE, LoraRecipe
@@ -36,5 +37,6 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
     if config.method == "safelora" and config.adapter:
         manifest = project_existing(config, started)  # Safe LoRA of an adapter trained elsewhere
     else:
+        checkpoint_targets(config)  # targets that match nothing fail before the model is loaded
         manifest = LoraRecipe(config, on_step, started).run()
     return {"adapter": config.out, **headline(manifest)}

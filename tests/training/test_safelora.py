@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from asft.regularizer import DirectionAnchor
 from asft.training.safelora import cosine, project
 
 P = "base_model.model."
@@ -17,6 +18,11 @@ P = "base_model.model."
 def naive_cos(A, B, V):
     C = V @ V.T / torch.linalg.matrix_norm(V)
     return torch.nn.functional.cosine_similarity((C @ B @ A).flatten(), (B @ A).flatten(), dim=0).item()
+
+
+def anchor(V):
+    V = V.double()
+    return DirectionAnchor(V, torch.linalg.matrix_norm(V))
 
 
 def hand_made(n_modules=4, out=12, inp=10, r=3, seed=0):
@@ -39,8 +45,8 @@ def test_cosine_matches_the_naive_formula():
     state, vectors = hand_made()
     for name, V in vectors.items():
         A, B = state[f"{P}{name}.lora_A.weight"].double(), state[f"{P}{name}.lora_B.weight"].double()
-        assert cosine(A, B, V) == pytest.approx(naive_cos(A, B, V.double()), rel=1e-9)
-    assert cosine(A, torch.zeros_like(B), V) == 1.0  # a zero update has nothing to pull back
+        assert cosine(A, B, anchor(V)) == pytest.approx(naive_cos(A, B, V.double()), rel=1e-9)
+    assert cosine(A, torch.zeros_like(B), anchor(V)) == 1.0  # a zero update has nothing to pull back
 
 
 def test_threshold_mode_projects_exactly_the_low_cosine_modules():
@@ -61,7 +67,7 @@ def test_threshold_mode_projects_exactly_the_low_cosine_modules():
 
 def test_number_mode_uses_the_kth_smallest_cosine_of_the_unmodified_adapter():
     state, vectors = hand_made(n_modules=6, seed=1)
-    original = {name: cosine(state[f"{P}{name}.lora_A.weight"], state[f"{P}{name}.lora_B.weight"], V)
+    original = {name: cosine(state[f"{P}{name}.lora_A.weight"], state[f"{P}{name}.lora_B.weight"], anchor(V))
                 for name, V in vectors.items()}
     _, report = project(state, vectors, mode="number", k=2)
     lowest = sorted(original, key=original.get)[:2]
