@@ -14,6 +14,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -83,6 +84,74 @@ def read_bytes(uri: str | os.PathLike) -> bytes:
         raise
     except Exception as exc:
         raise AsftError(f"cannot read {uri}: {type(exc).__name__}: {exc}; check the URI, endpoint and credentials") from None
+
+
+def _unreadable(uri: str, exc: Exception) -> AsftError:
+    return AsftError(f"cannot read {uri}: {type(exc).__name__}: {exc}; check the URI, endpoint and credentials")
+
+
+@contextmanager
+def open_binary(uri: str | os.PathLike) -> Iterator[Any]:
+    """A file opened for streamed (and, where the store allows, positioned) reading."""
+    fs, path = filesystem(uri)
+    try:
+        fh = fs.open(path, "rb")
+    except FileNotFoundError:
+        raise AsftError(f"{uri}: no such file; check the path") from None
+    except Exception as exc:
+        raise _unreadable(str(uri), exc) from None
+    with fh:
+        yield fh
+
+
+PARTITION = re.compile(r"[^=/]+=[^/]+")  # a hive-style partition folder: date=2026-12-01
+
+
+def _folder_files(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, dict]:
+    """A folder's files and those of its partition sub-folders (key=value), recursively."""
+    found = {}
+    for info in fs.ls(path, detail=True):
+        if info.get("type") == "directory" and PARTITION.fullmatch(info["name"].rstrip("/").rsplit("/", 1)[-1]):
+            found.update(_folder_files(fs, info["name"]))
+        else:
+            found[info["name"]] = info
+    return found
+
+
+def list_files(uri: str | os.PathLike) -> tuple[str, list[tuple[str, int]]]:
+    """What a location names: ("file", [itself]), or "folder" / "glob" / "prefix" with the files
+    in it (a folder: not its other subfolders, but its key=value partitions), each as (URI,
+    size), sorted by name (so dated partitions come in date order)."""
+    uri = str(uri)
+    fs, path = filesystem(uri)
+    try:
+        if any(c in path for c in "*?["):
+            kind, found = "glob", fs.glob(path, detail=True)
+        elif fs.isfile(path):
+            return "file", [(uri, fs.size(path))]
+        elif fs.isdir(path):
+            kind, found = "folder", _folder_files(fs, path)
+        else:
+            kind, found = "prefix", fs.glob(path + "*", detail=True)
+    except Exception as exc:
+        raise _unreadable(uri, exc) from None
+    files = sorted((name, info.get("size")) for name, info in found.items() if info.get("type") == "file")
+    if not files and kind == "prefix":
+        raise AsftError(f"{uri}: no such file, folder or prefix; check the path")
+    if not files:
+        raise AsftError(f"{uri}: the {'pattern matches' if kind == 'glob' else 'folder holds'} no files; check the path")
+    return kind, [(name if is_local(uri) else fs.unstrip_protocol(name), size) for name, size in files]
+
+
+def sha256_uri(uri: str | os.PathLike) -> str:
+    """sha256 of a file at any URI, streamed."""
+    if is_local(uri):
+        return sha256_file(local_path(uri))
+    digest = hashlib.sha256()
+    with open_binary(uri) as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def read_text(uri: str | os.PathLike) -> str:

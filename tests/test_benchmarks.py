@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -70,3 +71,15 @@ def test_gpu_check_dry_run_writes_a_result_per_step(tmp_path):
     assert all(s["rc"] == 0 and s["seconds"] >= 0 for s in steps), steps
     summary = (out / "summary.txt").read_text()
     assert "naive_over_fast_penalty" in summary and "batched_over_sequential_generation" in summary
+
+
+def test_ingest_memory_benchmark_runs_at_a_tiny_size(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.ingest_memory", "--size-mb", "1.8", "--json",
+                           "--workdir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    counts = result["screen"]["counts"]
+    assert counts["input"] == result["rows"] and counts["accepted"] + counts["quarantined"] + counts["rejected"] == result["rows"]
+    assert counts["quarantined"] >= result["rows"] // 50 and counts["rejected"] == result["rows"] // 1000 > 0
+    assert result["peak_rss_growth_mib"] > 0 and result["raw_read"]["rows_per_s"] > result["screen"]["rows_per_s"] > 0
+    assert list(tmp_path.iterdir()) == []  # the temporary data is removed

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -165,3 +166,19 @@ def test_s3_output_without_credentials_fails_before_any_work(s3_endpoint, monkey
             storage.check_output("s3://asft/no-credentials/out", "evaluation")
     finally:
         s3fs.S3FileSystem.clear_instance_cache()
+
+
+def test_a_folder_lists_its_partitions_in_order_but_not_other_subfolders(tmp_path):
+    for day in ("2026-12-01", "2026-11-30"):
+        (tmp_path / f"date={day}").mkdir()
+        (tmp_path / f"date={day}" / "part-0.jsonl").write_text("{}\n")
+    (tmp_path / "date=2026-11-30" / "hour=01").mkdir()
+    (tmp_path / "date=2026-11-30" / "hour=01" / "part-1.jsonl").write_text("{}\n")
+    (tmp_path / "scratch").mkdir()
+    (tmp_path / "scratch" / "old.jsonl").write_text("{}\n")
+    (tmp_path / "top.jsonl").write_text("{}\n")
+    kind, files = storage.list_files(tmp_path)
+    names = [str(Path(uri).relative_to(tmp_path)) for uri, _ in files]
+    assert kind == "folder"
+    assert names == ["date=2026-11-30/hour=01/part-1.jsonl", "date=2026-11-30/part-0.jsonl",
+                     "date=2026-12-01/part-0.jsonl", "top.jsonl"]

@@ -14,7 +14,7 @@ from asft.errors import AsftError
 
 # Options that name a nested field by its pre-config name (``--format`` is ingest.format).
 LEGACY = {"screeners": ["--screeners", "--screener"], **{f"ingest.{k}": [f"--{k.replace('_', '-')}"] for k in (
-    "format", "schema", "on_malformed", "duplicates", "max_chars", "hf_split")},
+    "format", "schema", "on_malformed", "max_reject_share", "duplicates", "max_chars", "hf_split")},
     "encoder.instruction_margin": ["--instruction-margin"], "encoder.input_margin": ["--input-margin"]}
 
 screen_app = config_args.group(config_args.Spec("asft.data.screen:ScreenConfig", aliases=LEGACY, essentials=("data", "out", "screeners", "labels")),
@@ -36,7 +36,7 @@ def screen(
     KEY=VALUE overrides go after the options."""
     if ctx.invoked_subcommand is not None:
         return
-    from asft.data.ingest import HF_PREFIX
+    from asft.data.sources import HF_PREFIX
     from asft.data.screening.encoder import is_head_folder
 
     got = config_args.given(ctx)

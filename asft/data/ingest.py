@@ -2,53 +2,53 @@
 
 Every input row ends as exactly one ``Row`` (with its 0-based ``row_index``) or one
 ``Reject`` (file, line, reason). Malformed rows either fail the run or become rejects,
-as the ``on_malformed`` policy says; a file that cannot be read at all is an error.
+as the ``on_malformed`` policy says; a file that cannot be read at all is an error, and so
+is a source whose rows are mostly rejected (``max_reject_share``), once every row is counted.
+
+``IngestStream`` reads a source chunk by chunk in bounded memory (screening uses it);
+``ingest`` collects the same stream into lists for callers that want every row at once.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import os
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+import numpy as np
+from pydantic import Field
 
-from asft import storage
 from asft.data.records import FieldMap, RowError, Schema, check_size, to_record
+from asft.data.sources import Format, Source, SourceReader, source_name
 from asft.errors import AsftError
-from asft.rows import iter_rows, parse_jsonl_line
+from asft.forms import FormModel
 from asft.templates import Record
 
-Format = Literal["auto", "json", "jsonl", "csv", "parquet"]
-EXTENSIONS = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
-HF_PREFIX = "hf://datasets/"
 
-
-class IngestConfig(BaseModel):
+class IngestConfig(FormModel):
     """How to read a source and what counts as a malformed row."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    format: Format = Field("auto", description="auto (by extension) | json | jsonl | csv | parquet.")
+    format: Format = Field("auto", description="auto (by extension) | json | jsonl | csv | parquet | arrow; compression (gzip, zstd, bz2) is found by extension or magic bytes.")
     schema_: Schema = Field("auto", alias="schema", description="auto (per row) | alpaca | chat | prompt-response.")
     fields: FieldMap = Field(default_factory=FieldMap, description="Column names of each schema.")
     on_malformed: Literal["reject", "fail"] = Field("reject", description="reject: report malformed rows and go on; fail: stop at the first with file:line.")
+    max_reject_share: float = Field(0.5, ge=0.0, le=1.0, description="Fail (after counting every row) when more than this share of the rows is malformed (duplicates dropped by policy do not count).")
     duplicates: Literal["keep", "drop"] = Field("keep", description="Exact duplicate rows: keep them (reported) or drop them (counted as rejected, reason 'duplicate').")
     max_chars: int = Field(100_000, ge=1, le=100_000_000, description="Rows longer than this (instruction + input + output characters) are rejected.")
     require_output: bool = Field(True, description="Reject rows without an answer (training rows need one).")
-    hf_split: str = Field("train", description="Split of a Hugging Face dataset.")
+    hf_split: str = Field("train", description="Split of a Hugging Face dataset (hub or save_to_disk folder).")
+    json_array_max_mb: int = Field(1024, ge=1, description="A JSON array is read whole: refuse larger ones (JSONL streams at any size).")
 
 
 @dataclass(frozen=True)
 class Row:
     row_index: int  # 0-based position among the source's rows
-    line: int  # 1-based line (JSONL, CSV) or element/row number (JSON array, Parquet)
+    line: int  # 1-based line (JSONL, CSV) or element/row number (JSON array, Parquet) in its file
     record: Record
     raw: dict[str, Any] = field(repr=False, compare=False)
+    file: str = ""
 
 
 @dataclass(frozen=True)
@@ -73,139 +73,162 @@ class Ingested:
     rejects: list[Reject]
     sha256: str
     duplicate_groups: list[list[int]]  # row indices of identical rows, first occurrence first
+    files: list[dict[str, Any]] = field(default_factory=list)  # every file read: uri, format, size, sha256, rows
 
 
-# --- reading raw rows -------------------------------------------------------------------
+class FirstSeen:
+    """The first row index of every distinct record, by its 64-bit hash: 12 bytes a distinct row.
 
-def detect_format(uri: str, format: Format = "auto") -> str:
-    if format != "auto":
-        return format
-    name = uri.rstrip("/").rsplit("/", 1)[-1].lower()
-    for ext, fmt in EXTENSIONS.items():
-        if name.endswith(ext):
-            return fmt
-    raise AsftError(f"{uri}: cannot tell the format from the extension; pass --format json|jsonl|csv|parquet")
+    Sorted runs of (hash, first row) are looked up per chunk with ``searchsorted`` and merged
+    like a binary counter up to ``FROZEN`` entries (so a merge never copies more than that).
+    Two different records with the same 64-bit hash would count as duplicates: about
+    n^2 / 2^65 for n distinct rows (1e-5 at 20 million)."""
 
+    FROZEN = 1 << 20
 
-def _decode_lines(uri: str, data: bytes) -> Iterator[tuple[int, str | ValueError]]:
-    """JSONL lines; a line that is not UTF-8 becomes that row's error, not the file's."""
-    for number, raw in enumerate(data.split(b"\n"), start=1):
-        try:
-            yield number, raw.decode("utf-8").rstrip("\r")
-        except UnicodeDecodeError as exc:
-            yield number, RowError("encoding", f"not UTF-8 (byte {exc.start}); re-encode the file as UTF-8")
+    def __init__(self) -> None:
+        self._runs: list[tuple[np.ndarray, np.ndarray]] = []
 
+    def first_rows(self, hashes: list[int], rows: list[int]) -> list[int]:
+        """For each (hash, row) in row order: the first row with that hash (the row itself if new)."""
+        unique, position, inverse = np.unique(np.array(hashes, dtype=np.int64), return_index=True, return_inverse=True)
+        first = np.asarray(rows, dtype=np.uint32)[position]
+        known = np.zeros(len(unique), dtype=bool)
+        for run_hashes, run_rows in self._runs:
+            at = np.minimum(np.searchsorted(run_hashes, unique), len(run_hashes) - 1)
+            hit = run_hashes[at] == unique
+            first[hit] = run_rows[at[hit]]
+            known |= hit
+        self._add(unique[~known], first[~known])
+        return first[inverse].tolist()
 
-def _raw_rows(uri: str, fmt: str, data: bytes) -> Iterator[tuple[int, dict[str, Any] | ValueError]]:
-    """(line, raw row or the reason it is malformed) for every row of the file."""
-    if fmt == "jsonl":
-        for number, line in _decode_lines(uri, data):
-            if isinstance(line, ValueError):
-                yield number, line
-            elif line.strip():
-                try:
-                    yield number, parse_jsonl_line(line)
-                except ValueError as exc:
-                    yield number, exc
-        return
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            table = pq.read_table(io.BytesIO(data))
-        except Exception as exc:  # pyarrow raises several types for a damaged file
-            raise AsftError(f"{uri}: not a readable Parquet file ({type(exc).__name__}: {exc})") from None
-        for number, row in enumerate(table.to_pylist(), start=1):
-            yield number, row
-        return
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise AsftError(f"{uri}: not UTF-8 text (byte {exc.start}); re-encode the file as UTF-8") from None
-    if fmt == "json":
-        if not text.lstrip().startswith("["):
-            raise AsftError(f"{uri}: not a JSON array; use --format jsonl for one object per line")
-        rows = list(iter_rows(text))
-        if len(rows) == 1 and isinstance(rows[0][1], ValueError) and "invalid JSON" in str(rows[0][1]):
-            raise AsftError(f"{uri}: line {rows[0][0]}: {rows[0][1]}; the array cannot be split into rows, fix the file")
-        yield from rows
-        return
-    if fmt == "csv":
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        if reader.fieldnames is None:
+    def _add(self, hashes: np.ndarray, rows: np.ndarray) -> None:
+        if not len(hashes):
             return
-        while True:
-            try:
-                row = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as exc:
-                yield reader.line_num, ValueError(f"malformed CSV ({exc})")
-                continue
-            if None in row or any(v is None for v in row.values()):
-                yield reader.line_num, ValueError(f"row does not have the header's {len(reader.fieldnames)} columns")
+        run = (hashes, rows)
+        while self._runs and len(run[0]) >= len(self._runs[-1][0]) and len(self._runs[-1][0]) < self.FROZEN:
+            run = _merge(self._runs.pop(), run)
+        self._runs.append(run)
+
+
+def _merge(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Two sorted runs with no hash in common, as one sorted run."""
+    at = np.searchsorted(a[0], b[0]) + np.arange(len(b[0]))
+    hashes, rows = np.empty(len(a[0]) + len(b[0]), np.int64), np.empty(len(a[0]) + len(b[0]), np.uint32)
+    rest = np.ones(len(hashes), dtype=bool)
+    rest[at] = False
+    hashes[at], rows[at], hashes[rest], rows[rest] = b[0], b[1], a[0], a[1]
+    return hashes, rows
+
+
+class IngestStream:
+    """Every row of a source as a Row or a Reject, in row order, a chunk at a time. The totals
+    (input_rows, files, sha256, duplicate_groups, reject_reasons) are complete once the
+    stream is exhausted, which is also when a source with too many rejects fails."""
+
+    def __init__(self, source: Source, config: IngestConfig | None = None, chunk_rows: int = 2048):
+        self.source = source if isinstance(source, list) else str(source)
+        self.name = source_name(self.source)
+        self.config, self.chunk_rows = config or IngestConfig(), chunk_rows
+        self.reader = SourceReader(self.source, self.config.format, self.config.hf_split, self.config.json_array_max_mb)
+        self.input_rows = 0
+        self.reject_reasons: Counter[str] = Counter()
+        self.examples: dict[str, Reject] = {}  # the first reject of each reason, for the error
+        self._first_seen = FirstSeen()
+        self._groups: dict[int, list[int]] = {}
+
+    def chunks(self) -> Iterator[list[Row | Reject]]:
+        raw_rows = iter(self.reader)
+        while chunk := list(islice(raw_rows, self.chunk_rows)):
+            start, self.input_rows = self.input_rows, self.input_rows + len(chunk)
+            yield self._judge(start, chunk)
+        self._check_totals()
+
+    def __iter__(self) -> Iterator[Row | Reject]:
+        for chunk in self.chunks():
+            yield from chunk
+
+    def _judge(self, start: int, chunk: list[tuple[str, int, Any]]) -> list[Row | Reject]:
+        out = []
+        for row_index, (file, line, raw) in enumerate(chunk, start=start):
+            record = raw if isinstance(raw, ValueError) else self._record(raw)
+            if isinstance(record, ValueError):
+                if self.config.on_malformed == "fail":
+                    raise AsftError(f"{file}:{line}: {record}; fix the row (`asft screen --on-malformed reject` lists every such row and goes on)")
+                out.append(self._reject(Reject(row_index, file, line, getattr(record, "code", "malformed"), str(record))))
             else:
-                yield reader.line_num, row
-        return
-    raise AsftError(f"unknown format {fmt!r}; choose json, jsonl, csv or parquet")
+                out.append(Row(row_index, line, record, raw, file))
+        return self._mark_duplicates(out)
 
-
-def _hf_rows(name: str, split: str) -> list[dict[str, Any]]:
-    try:
-        import datasets
-    except ImportError:
-        raise AsftError(f"reading the Hugging Face dataset {name!r} needs the datasets library: pip install datasets") from None
-    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false")
-    try:
-        return list(datasets.load_dataset(name, split=split))
-    except Exception as exc:  # datasets raises many types for missing/unreachable datasets
-        hint = ("HF_HUB_OFFLINE=1 is set: download the dataset while online or export it to a file"
-                if offline else "check the name, split and network")
-        raise AsftError(f"cannot load Hugging Face dataset {name!r} split {split!r} ({type(exc).__name__}); {hint}") from None
-
-
-def ingest(source: str, config: IngestConfig | None = None) -> Ingested:
-    """Every row of ``source`` (a path, fsspec URI or ``hf://datasets/NAME``) as a Row or a Reject."""
-    config = config or IngestConfig()
-    source = str(source)
-    if source.startswith(HF_PREFIX):
-        name = source[len(HF_PREFIX):]
-        raw_rows = list(enumerate(_hf_rows(name, config.hf_split), start=1))
-        fmt, digest = "hf-dataset", storage.sha256_bytes(json.dumps([r for _, r in raw_rows], default=str, sort_keys=True).encode())
-    else:
-        fmt = detect_format(source, config.format)
-        data = storage.read_bytes(source)
-        if not data.strip():
-            raise AsftError(f"{source}: file is empty; give a file with at least one row")
-        digest = storage.sha256_bytes(data)
-        raw_rows = list(_raw_rows(source, fmt, data))
-    if not raw_rows:
-        raise AsftError(f"{source}: no rows found; give a file with at least one row")
-
-    rows: list[Row] = []
-    rejects: list[Reject] = []
-    first_seen: dict[Record, int] = {}
-    groups: dict[int, list[int]] = {}
-    for row_index, (line, raw) in enumerate(raw_rows):
+    def _record(self, raw: dict[str, Any]) -> Record | ValueError:
+        """The row's record, or why it cannot be used (returned, not raised: a raised error's
+        traceback would keep the whole chunk alive until the garbage collector runs)."""
+        config = self.config
         try:
-            if isinstance(raw, ValueError):
-                raise raw
             record = to_record(raw, config.schema_, config.fields)
             if config.require_output and not record.output.strip():
-                raise RowError("missing_field", f"missing or empty answer ({config.fields.output!r}, {config.fields.messages!r} assistant or response)")
+                raise RowError("missing_field", f"missing or empty answer ({config.fields.output!r}, "
+                               f"{config.fields.messages!r} assistant or response)")
             check_size(record, config.max_chars)
         except ValueError as exc:
-            if config.on_malformed == "fail":
-                raise AsftError(f"{source}:{line}: {exc} (use --on-malformed reject to report such rows and go on)") from None
-            rejects.append(Reject(row_index, source, line, getattr(exc, "code", "malformed"), str(exc)))
-            continue
-        if record in first_seen:
-            first = first_seen[record]
-            groups.setdefault(first, [first]).append(row_index)
-            if config.duplicates == "drop":
-                rejects.append(Reject(row_index, source, line, "duplicate", f"duplicate of row {first}"))
-                continue
-        else:
-            first_seen[record] = row_index
-        rows.append(Row(row_index, line, record, raw))
-    return Ingested(source, fmt, len(raw_rows), rows, rejects, digest, list(groups.values()))
+            exc.__traceback__ = None
+            return exc
+        return record
+
+    def _mark_duplicates(self, judged: list[Row | Reject]) -> list[Row | Reject]:
+        rows = [item for item in judged if isinstance(item, Row)]
+        firsts = dict(zip((r.row_index for r in rows), self._first_seen.first_rows(
+            [hash(r.record) for r in rows], [r.row_index for r in rows])))
+        out = []
+        for item in judged:
+            first = firsts.get(item.row_index, item.row_index)
+            if isinstance(item, Row) and first != item.row_index:
+                self._groups.setdefault(first, [first]).append(item.row_index)
+                if self.config.duplicates == "drop":
+                    item = self._reject(Reject(item.row_index, item.file, item.line, "duplicate", f"duplicate of row {first}"))
+            out.append(item)
+        return out
+
+    def _reject(self, reject: Reject) -> Reject:
+        self.reject_reasons[reject.reason] += 1
+        self.examples.setdefault(reject.reason, reject)
+        return reject
+
+    def _check_totals(self) -> None:
+        if not self.input_rows:
+            raise AsftError(f"{self.name}: file is empty or holds no rows; give a source with at least one row")
+        malformed = sum(n for reason, n in self.reject_reasons.items() if reason != "duplicate")
+        if malformed > self.config.max_reject_share * self.input_rows:
+            top = "; ".join(f"{reason} x{n} (e.g. {self.examples[reason].file}:{self.examples[reason].line}: "
+                            f"{self.examples[reason].detail})" for reason, n in self.reject_reasons.most_common(3))
+            raise AsftError(f"{self.name}: {malformed} of its {self.input_rows} rows are rejected, more than "
+                            f"max_reject_share={self.config.max_reject_share:g}: {top}; check the format and schema "
+                            "(--format, --schema, field mapping) or raise ingest.max_reject_share")
+
+    @property
+    def duplicate_groups(self) -> list[list[int]]:
+        return list(self._groups.values())
+
+    @property
+    def files(self) -> list[dict[str, Any]]:
+        return [f.as_dict() for f in self.reader.files]
+
+    @property
+    def format(self) -> str:
+        return ",".join(dict.fromkeys(f.format for f in self.reader.files))
+
+    @property
+    def sha256(self) -> str:
+        return self.reader.sha256
+
+
+def ingest(source: Source, config: IngestConfig | None = None) -> Ingested:
+    """Every row of ``source`` (a file, folder, glob, prefix, fsspec URI or ``hf://datasets/NAME``)
+    as a Row or a Reject, all in memory (see ``IngestStream`` to stream instead)."""
+    stream = IngestStream(source, config)
+    rows: list[Row] = []
+    rejects: list[Reject] = []
+    for item in stream:
+        (rows if isinstance(item, Row) else rejects).append(item)
+    return Ingested(stream.name, stream.format, stream.input_rows, rows, rejects, stream.sha256,
+                    stream.duplicate_groups, stream.files)

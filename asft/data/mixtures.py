@@ -7,10 +7,10 @@ which ``asft screen --labels`` reads.
 from __future__ import annotations
 
 import random
-from dataclasses import asdict
 
 from asft import storage
 from asft.data.ingest import IngestConfig, ingest
+from asft.data.records import to_row
 from asft.errors import AsftError
 from asft.templates import Record
 
@@ -39,11 +39,12 @@ def labels_uri(data_uri: str) -> str:
 
 def write_mixture(benign_uri: str, harmful_uri: str, out_uri: str, n: int, p: float, seed: int = 0,
                   config: IngestConfig | None = None) -> dict:
-    """Read both sources, build the mixture, write ``out_uri`` (JSONL, Alpaca fields) and its
-    labels next to it; returns {"file", "labels", "rows", "harmful_indices"}."""
+    """Read both sources (any source ``asft screen`` reads), build the mixture, write ``out_uri``
+    (JSONL: Alpaca fields, chat messages for conversations) and its labels next to it;
+    returns {"file", "labels", "rows", "harmful_indices"}."""
     benign, harmful = ingest(benign_uri, config), ingest(harmful_uri, config)
     rows, harmful_indices = build_mixture([r.record for r in benign.rows], [r.record for r in harmful.rows], n, p, seed)
-    storage.write_jsonl(out_uri, [asdict(r) for r in rows])
+    storage.write_jsonl(out_uri, [to_row(r) for r in rows])
     labels = {"file": out_uri.rstrip("/").rsplit("/", 1)[-1], "rows": n, "harmful_indices": harmful_indices}
     storage.write_json(labels_uri(out_uri), labels)
     return {**labels, "file": out_uri, "labels": labels_uri(out_uri)}

@@ -1,19 +1,24 @@
-"""``asft screen``: ingest a source, screen its rows, write accepted / quarantine / rejects
-and a report. Every input row ends in exactly one of the three files."""
+"""``asft screen``: stream a source, screen its rows a chunk at a time, write accepted /
+quarantine / rejects as they come and a report. Every input row ends in exactly one of the
+three files; the folder appears (atomically) only when the whole source has been read."""
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from asft import storage
-from asft.data.ingest import IngestConfig, ingest
-from asft.data.report import load_labels, quality
+from asft.data.ingest import IngestConfig, IngestStream, Reject, Row
+from asft.data.records import to_row
+from asft.data.report import Labels, quality_of_counts
 from asft.data.screening.base import Screener, combine
 from asft.data.screening.encoder import EncoderConfig
 from asft.errors import AsftError
@@ -28,7 +33,8 @@ class ScreenConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    data: str = Field(..., description="Source: path, fsspec URI (s3://...) or hf://datasets/NAME.")
+    data: str | list[str] = Field(..., description="Source: a file, a folder / prefix / glob of shards, an s3:// prefix, "
+                                  "a save_to_disk folder or hf://datasets/NAME (or a list of them, read in order).")
     out: str = Field(..., description="Output folder or URI for accepted/quarantine/rejects and the report.")
     ingest: IngestConfig = Field(default_factory=IngestConfig, description="Format, schema and malformed-row policy.")
     screeners: list[ScreenerName] = Field(["encoder"], min_length=1, description="Screeners to run (encoder is the offline default).")
@@ -39,7 +45,7 @@ class ScreenConfig(BaseModel):
     guard_model: str | None = Field(None, description="Llama Guard style checkpoint (for the guard screener).")
     rules_include_output: bool = Field(False, description="Rules screener: also match the answers.")
     labels: str | None = Field(None, description="Ground truth: a {\"harmful_indices\": [...]} JSON file or a boolean column name.")
-    chunk_rows: int = Field(2048, ge=1, le=1_000_000, description="Rows screened per step (progress granularity).")
+    chunk_rows: int = Field(2048, ge=1, le=1_000_000, description="Rows read and screened per step (what is held in memory at once; progress granularity).")
     device: str = Field("auto", description="Device for model screeners: auto | cpu | cuda.")
 
 
@@ -70,65 +76,108 @@ def build_screener(config: ScreenConfig) -> Screener:
     return combine(screeners, config.combine)
 
 
-def _jsonl(rows: list[dict]) -> bytes:
-    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
+class _Output:
+    """One JSONL output written as rows come, hashed as it is written."""
+
+    def __init__(self, path: Path):
+        self.file, self.digest, self.rows = path.open("wb"), hashlib.sha256(), 0
+
+    def write(self, rows: list[dict]) -> None:
+        data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
+        self.file.write(data)
+        self.digest.update(data)
+        self.rows += len(rows)
+
+    def close(self) -> str:
+        self.file.close()
+        return self.digest.hexdigest()
+
+
+@dataclass
+class _Tally:
+    """What the report counts while the rows stream past."""
+
+    screened: int = 0
+    seconds: float = 0.0
+    quarantine_reasons: Counter = field(default_factory=Counter)
+    confusion: Counter = field(default_factory=Counter)  # (harmful, flagged) -> rows
+    labelled_harmful_rejected: int = 0
+
+
+def _screen_chunk(chunk: list[Row | Reject], screener: Screener, labels: Labels | None, tally: _Tally,
+                  outputs: dict[str, _Output]) -> None:
+    rows = [item for item in chunk if isinstance(item, Row)]
+    started = time.perf_counter()
+    results = screener.score([row.record for row in rows]) if rows else []
+    tally.seconds += time.perf_counter() - started
+    tally.screened += len(rows)
+    accepted, quarantined = [], []
+    for row, result in zip(rows, results, strict=True):
+        fields = {**to_row(row.record), "row_index": row.row_index}
+        if result.flagged:
+            quarantined.append({**fields, "score": result.score, "reasons": list(result.reasons)})
+            tally.quarantine_reasons.update(reason.split(" (")[0] for reason in result.reasons)
+        else:
+            accepted.append(fields)
+        if labels is not None:
+            tally.confusion[(labels.of(row), result.flagged)] += 1
+    rejects = [item for item in chunk if isinstance(item, Reject)]
+    if labels is not None:
+        tally.labelled_harmful_rejected += sum(labels.of_rejected(r.row_index) for r in rejects)
+    for name, batch in zip(OUTPUT_FILES, (accepted, quarantined, [r.as_dict() for r in rejects])):
+        outputs[name].write(batch)
 
 
 def run_screen(config: ScreenConfig, screener: Screener | None = None, progress=None) -> dict[str, Any]:
-    """Screen ``config.data`` into ``config.out``; returns the report (also written as JSON)."""
-    storage.check_output(config.out, "screening", inputs=(config.data, config.labels))
+    """Screen ``config.data`` into ``config.out`` chunk by chunk (bounded memory whatever the
+    source's size), writing the outputs as it goes; returns the report (also written as JSON)."""
+    sources = config.data if isinstance(config.data, list) else [config.data]
+    storage.check_output(config.out, "screening", inputs=(*sources, config.labels))
     started = time.perf_counter()
-    data = ingest(config.data, config.ingest)
-    if not data.rows:  # rejecting some rows is reporting them; rejecting every row means the file is not what it seems
-        first = data.rejects[0]
-        raise AsftError(f"{config.data}: none of its {data.input_rows} rows could be read (line {first.line}: "
-                        f"{first.detail}); check the file's format and schema (--format, --schema)")
-    labels = load_labels(config.labels, data) if config.labels else None
+    labels = Labels(config.labels) if config.labels else None
+    stream = IngestStream(config.data, config.ingest, config.chunk_rows)
+    chunks = stream.chunks()
+    first = next(chunks)  # the source is opened and its first rows judged before any model loads
     screener = screener or build_screener(config)
-
-    screen_start = time.perf_counter()
-    results = []
-    for start in range(0, len(data.rows), config.chunk_rows):
-        results.extend(screener.score([row.record for row in data.rows[start:start + config.chunk_rows]]))
-        if progress:
-            progress(f"screened {len(results)}/{len(data.rows)} rows")
-    screen_seconds = time.perf_counter() - screen_start
-
-    accepted, quarantined = [], []
-    for row, result in zip(data.rows, results, strict=True):
-        fields = {"instruction": row.record.instruction, "input": row.record.input, "output": row.record.output,
-                  "row_index": row.row_index}
-        if result.flagged:
-            quarantined.append({**fields, "score": result.score, "reasons": list(result.reasons)})
-        else:
-            accepted.append(fields)
-    rejects = sorted((r.as_dict() for r in data.rejects), key=lambda r: r["row_index"])
-    counts = {"input": data.input_rows, "accepted": len(accepted), "quarantined": len(quarantined), "rejected": len(rejects)}
-    assert counts["accepted"] + counts["quarantined"] + counts["rejected"] == counts["input"], counts
-
-    reason_counts = Counter(reason.split(" (")[0] for q in quarantined for reason in q["reasons"])
-    payloads = dict(zip(OUTPUT_FILES, (_jsonl(accepted), _jsonl(quarantined), _jsonl(rejects))))
-    total_seconds = time.perf_counter() - started
-    report: dict[str, Any] = {
-        "source": config.data, "format": data.format, "counts": counts,
-        "reject_reasons": dict(Counter(r["reason"] for r in rejects)),
-        "quarantine_reasons": dict(reason_counts.most_common()),
-        "duplicates": {"groups": len(data.duplicate_groups),
-                       "rows": sum(len(g) - 1 for g in data.duplicate_groups),
-                       "row_indices": data.duplicate_groups, "policy": config.ingest.duplicates},
-        "sha256": {"input": data.sha256, **{name: storage.sha256_bytes(b) for name, b in payloads.items()}},
-        "screener": screener.describe(),
-        "settings": config.model_dump(mode="json", by_alias=True),
-        "timing": {"seconds": round(total_seconds, 3), "screening_seconds": round(screen_seconds, 3),
-                   "rows_per_second": round(len(data.rows) / screen_seconds, 1) if screen_seconds > 0 else None},
-        "files": {name.split(".")[0]: storage.join(config.out, name) for name in (*OUTPUT_FILES, REPORT_FILE)},
-    }
-    if labels is not None:
-        screened = [(labels[row.row_index], r.flagged) for row, r in zip(data.rows, results)]
-        report["quality"] = quality([t for t, _ in screened], [f for _, f in screened])
-        report["quality"]["labelled_harmful_rejected"] = sum(labels.get(r["row_index"], False) for r in rejects)
+    tally = _Tally()
     with storage.staged_dir(config.out, "screening") as folder:
-        for name, payload in payloads.items():
-            (Path(folder) / name).write_bytes(payload)
+        outputs = {name: _Output(Path(folder) / name) for name in OUTPUT_FILES}
+        for chunk in itertools.chain([first], chunks):
+            _screen_chunk(chunk, screener, labels, tally, outputs)
+            if progress:
+                progress(f"screened {tally.screened} rows of {stream.input_rows} read")
+        digests = {name: output.close() for name, output in outputs.items()}
+        if not tally.screened:  # rejecting some rows is reporting them; rejecting every row means the file is not what it seems
+            first_reject = next(iter(stream.examples.values()))
+            raise AsftError(f"{stream.name}: none of its {stream.input_rows} rows could be read ({first_reject.file} "
+                            f"line {first_reject.line}: {first_reject.detail}); check the file's format and schema (--format, --schema)")
+        if labels is not None:
+            labels.check_rows(stream.input_rows)
+        report = _report(config, stream, screener, tally, outputs, digests, time.perf_counter() - started)
+        if labels is not None:
+            report["quality"] = {**quality_of_counts(tally.confusion),
+                                 "labelled_harmful_rejected": tally.labelled_harmful_rejected}
         (Path(folder) / REPORT_FILE).write_text(json.dumps(report, indent=2, default=str) + "\n")
     return report
+
+
+def _report(config: ScreenConfig, stream: IngestStream, screener: Screener, tally: _Tally,
+            outputs: dict[str, _Output], digests: dict[str, str], total_seconds: float) -> dict[str, Any]:
+    counts = {"input": stream.input_rows, "accepted": outputs["accepted.jsonl"].rows,
+              "quarantined": outputs["quarantine.jsonl"].rows, "rejected": outputs["rejects.jsonl"].rows}
+    assert counts["accepted"] + counts["quarantined"] + counts["rejected"] == counts["input"], counts
+    groups = stream.duplicate_groups
+    return {
+        "source": config.data, "format": stream.format, "counts": counts,
+        "reject_reasons": dict(stream.reject_reasons),
+        "quarantine_reasons": dict(tally.quarantine_reasons.most_common()),
+        "duplicates": {"groups": len(groups), "rows": sum(len(g) - 1 for g in groups),
+                       "row_indices": groups, "policy": config.ingest.duplicates},
+        "sha256": {"input": stream.sha256, **digests},
+        "input_files": stream.files,
+        "screener": screener.describe(),
+        "settings": config.model_dump(mode="json", by_alias=True),
+        "timing": {"seconds": round(total_seconds, 3), "screening_seconds": round(tally.seconds, 3),
+                   "rows_per_second": round(tally.screened / tally.seconds, 1) if tally.seconds > 0 else None},
+        "files": {name.split(".")[0]: storage.join(config.out, name) for name in (*OUTPUT_FILES, REPORT_FILE)},
+    }

@@ -43,23 +43,18 @@ def test_format_override_and_unknown_extension(tmp_path):
 
 
 def test_schemas_and_field_mapping():
-    chat = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"},
-                         {"role": "assistant", "content": "Hello."}]}
-    assert to_record(chat) == Record("Hi?", "Be brief.", "Hello.")
+    # chat and ShareGPT rows: tests/data/test_chat.py (records.py's own tests)
     assert to_record({"prompt": "2+2?", "completion": "4"}) == Record("2+2?", "", "4")
     assert to_record({"prompt": "2+2?", "response": "4"}) == Record("2+2?", "", "4")
     mapped = FieldMap(instruction="question", output="answer")
     assert to_record({"question": "Why?", "answer": "Because."}, "alpaca", mapped) == Record("Why?", "", "Because.")
-    with pytest.raises(ValueError, match="single-turn"):
-        to_record({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
-                                {"role": "user", "content": "c"}]})
 
 
 def test_malformed_rows_are_rejected_with_line_and_reason(tmp_path):
     lines = [BENIGN[0], "{not json", '"a string"', {"instruction": "no answer"}, {"output": "no instruction"},
              {"instruction": 5, "output": "x"}, {"instruction": "x" * 100, "output": "long"}, BENIGN[1]]
     path = write_jsonl(tmp_path / "mixed.jsonl", lines)
-    result = ingest(str(path), IngestConfig(max_chars=80))
+    result = ingest(str(path), IngestConfig(max_chars=80, max_reject_share=1.0))
     assert result.input_rows == 8 and len(result.rows) == 2
     assert [(r.row_index, r.line, r.reason) for r in result.rejects] == [
         (1, 2, "malformed"), (2, 3, "malformed"), (3, 4, "missing_field"), (4, 5, "missing_field"),

@@ -8,10 +8,12 @@ import tempfile
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from asft.data.ingest import IngestConfig, ingest
+from asft.data.ingest import FirstSeen, IngestConfig, ingest
+from asft.errors import AsftError
 from asft.templates import Record
 
 # CSV keeps text exactly except lone carriage returns, which csv line handling rewrites.
@@ -52,11 +54,31 @@ def test_garbage_mixed_in_counts_add_up(lines, drop):
         path = Path(folder) / "mixed.jsonl"
         path.write_text("".join((json.dumps({"instruction": x.instruction, "input": x.input, "output": x.output})
                                  if isinstance(x, Record) else x) + "\n" for x in lines))
-        result = ingest(str(path), IngestConfig(duplicates="drop" if drop else "keep"))
+        result = ingest(str(path), IngestConfig(duplicates="drop" if drop else "keep", max_reject_share=1.0))
+        good = [x for x in lines if isinstance(x, Record)]
+        malformed = len(lines) - len(good)
+        if malformed > 0.5 * len(lines):  # the default share: a mostly-garbage source fails, naming a bad line
+            with pytest.raises(AsftError, match=rf"{malformed} of its {len(lines)} rows are rejected.*mixed.jsonl:\d+"):
+                ingest(str(path))
+        else:
+            assert len(ingest(str(path)).rejects) >= malformed
     assert result.input_rows == len(lines)
     assert len(result.rows) + len(result.rejects) == len(lines)
     indices = sorted([r.row_index for r in result.rows] + [r.row_index for r in result.rejects])
     assert indices == list(range(len(lines)))
-    good = [x for x in lines if isinstance(x, Record)]
     expected_rows = len(dict.fromkeys(good)) if drop else len(good)
     assert len(result.rows) == expected_rows
+
+
+@SETTINGS
+@given(chunks=st.lists(st.lists(st.integers(-2**63, 2**63 - 1) | st.integers(0, 20), max_size=30), max_size=30),
+       frozen=st.integers(1, 64))
+def test_first_seen_agrees_with_a_dict(chunks, frozen):
+    """The compact duplicate index answers as a plain dict would, whatever the run sizes."""
+    index, reference, row = FirstSeen(), {}, 0
+    index.FROZEN = frozen
+    for hashes in chunks:
+        rows = list(range(row, row + len(hashes)))
+        row += len(hashes)
+        expected = [reference.setdefault(h, r) for h, r in zip(hashes, rows)]
+        assert index.first_rows(hashes, rows) == expected

@@ -76,3 +76,38 @@ def test_cli_screen_and_fail_policy(tmp_path):
     assert failed.returncode == 2 and f"{data}:3: invalid JSON" in failed.stderr and "Traceback" not in failed.stderr
     missing = _cli("screen", "--data", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "o3"), "--screener", "rules")
     assert missing.returncode == 2 and "no such file" in missing.stderr
+
+
+def test_screen_streams_shards_in_small_chunks_and_records_its_input_files(tmp_path):
+    import gzip
+
+    from asft.storage import sha256_file
+
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    rows = [BENIGN[i % len(BENIGN)] | {"instruction": f"{BENIGN[i % len(BENIGN)]['instruction']} #{i}"} for i in range(40)]
+    rows[7], rows[31] = HARMFUL[0], HARMFUL[1]
+    write_jsonl(folder / "part-0.jsonl", rows[:20])
+    (folder / "part-1.jsonl.gz").write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in rows[20:]).encode()))
+    out = tmp_path / "out"
+    report = run_screen(ScreenConfig(data=str(folder), out=str(out), screeners=["rules"], chunk_rows=3))
+    assert report["counts"] == {"input": 40, "accepted": 38, "quarantined": 2, "rejected": 0}
+    assert [r["row_index"] for r in _read_jsonl(out / "quarantine.jsonl")] == [7, 31]
+    assert [r["row_index"] for r in _read_jsonl(out / "accepted.jsonl")] == [i for i in range(40) if i not in (7, 31)]
+    assert [(f["uri"], f["rows"], f["sha256"]) for f in report["input_files"]] == [
+        (str(p), 20, sha256_file(p)) for p in (folder / "part-0.jsonl", folder / "part-1.jsonl.gz")]
+    assert report["sha256"]["quarantine.jsonl"] == sha256_file(out / "quarantine.jsonl")
+
+
+def test_mostly_rejected_source_fails_after_counting_every_row(tmp_path):
+    lines = [BENIGN[0], {"question": "a"}, {"question": "b"}, "{broken", BENIGN[1], {"question": "c"}]
+    data = write_jsonl(tmp_path / "data.jsonl", lines)
+    failed = _cli("screen", "--data", str(data), "--out", str(tmp_path / "out"), "--screener", "rules")
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr
+    assert "4 of its 6 rows are rejected, more than max_reject_share=0.5" in failed.stderr
+    assert f"missing_field x3 (e.g. {data}:2:" in failed.stderr and f"malformed x1 (e.g. {data}:4:" in failed.stderr
+    assert not (tmp_path / "out").exists()
+    allowed = _cli("screen", "--data", str(data), "--out", str(tmp_path / "out"), "--screener", "rules",
+                   "--max-reject-share", "0.7", "--json")
+    assert allowed.returncode == 0, allowed.stderr
+    assert json.loads(allowed.stdout)["counts"] == {"input": 6, "accepted": 2, "quarantined": 0, "rejected": 4}
