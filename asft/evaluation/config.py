@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from asft.evaluation.judges import JudgeConfig
 from asft.evaluation.scorers import make_scorer
-from asft.templates import TemplateName
+from asft.templates import SYSTEM_PROMPT, TemplateName
 
 
 class EvalConfig(BaseModel):
@@ -31,7 +31,11 @@ class EvalConfig(BaseModel):
     extra_judges: list[JudgeConfig] = Field(
         default_factory=list, description="More judges of the same answers: their scores and agreement (Cohen's kappa) "
         "with the first judge are reported; the gate can name the one it reads.")
-    template: TemplateName = Field(default="alpaca", description="Prompt template (alpaca is the paper's).")
+    template: TemplateName = Field(
+        default="auto", description="Prompt template: auto (the tokenizer's chat template if it has one, else alpaca), "
+        "chat, alpaca (the paper's) or llama2-chat; use the one the model was trained with.")
+    system_prompt: str = Field(default=SYSTEM_PROMPT, description="System prompt of every prompt ('' for none); "
+                               "default the paper's. A prompt's own system message wins.")
     batch_size: int = Field(default=32, ge=1, le=4096, description="Prompts per generation batch.")
     max_new_tokens: int = Field(default=64, ge=1, le=8192, description="Greedy decoding length limit (the paper uses 512).")
     limit: int | None = Field(default=None, ge=1, description="Use only the first N rows of each set (the paper: 250 harmful prompts).")

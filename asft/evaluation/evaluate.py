@@ -25,13 +25,12 @@ from asft import storage
 from asft.errors import AsftError
 from asft.evaluation.config import EvalConfig
 from asft.evaluation.datasets import HarmfulPrompt, UtilityRow, load_harmful, load_prompts, load_utility, resolve_set
-from asft.evaluation.generation import decode, encode_prompts, generate_from_ids, load_model
+from asft.evaluation.generation import decode, encode_records, generate_from_ids, load_model
 from asft.evaluation.judges import JudgeConfig, KeywordJudge, Verdict, make_judge
 from asft.evaluation.scorers import make_scorer
 from asft.gates import Outcomes
-from asft.rows import iter_rows
 from asft.statistics import cohen_kappa, wilson_interval
-from asft.templates import Record, render_prompt
+from asft.templates import SYSTEM_PROMPT, Record, resolve_template
 
 
 def _say(config: EvalConfig, message: str) -> None:
@@ -39,15 +38,14 @@ def _say(config: EvalConfig, message: str) -> None:
         print(f"[eval] {message}", file=sys.stderr, flush=True)
 
 
-def user_text(record: Record) -> str:
-    """The request as the user wrote it (what the judges read as the question)."""
-    return record.instruction + (f"\n\n{record.input}" if record.input else "")
-
-
 def describe_set(uri: str, rows_used: int) -> dict[str, Any]:
-    data = storage.read_bytes(resolve_set(uri))
-    return {"file": PurePosixPath(str(uri)).name, "sha256": storage.sha256_bytes(data),
-            "rows_in_file": sum(1 for _ in iter_rows(data.decode("utf-8"))), "rows_used": rows_used}
+    """What the report records of a prompt set: its content hash and size, file by file."""
+    from asft.data.sources import SourceReader
+
+    reader = SourceReader(resolve_set(uri), unknown_format="json")
+    rows = sum(1 for _ in reader)
+    return {"file": PurePosixPath(str(uri)).name, "sha256": reader.sha256, "rows_in_file": rows,
+            "rows_used": rows_used, "files": [f.as_dict() for f in reader.files]}
 
 
 @dataclass
@@ -85,15 +83,11 @@ def load_sets(harmful: str | None, over_refusal: str | None, utility: dict[str, 
 
 
 def answer(model, tokenizer, records: list[Record], *, template: str, max_new_tokens: int, batch_size: int,
-           progress: bool = False) -> tuple[list[str], list[int], int]:
+           progress: bool = False, system_prompt: str = SYSTEM_PROMPT) -> tuple[list[str], list[int], int]:
     """Greedy answers in record order, the indices of prompts cut to fit the context, and
-    how many tokens were generated."""
-    try:
-        prompts = [render_prompt(r, template, tokenizer) for r in records]
-    except ValueError as exc:
-        raise AsftError(f"--template {template}: {exc}") from None
-    encoded, cut = encode_prompts(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
-                                  add_special_tokens=template != "chat")  # chat templates carry BOS already
+    how many tokens were generated. Prompts are the ids training uses for the same conversation."""
+    encoded, cut = encode_records(model, tokenizer, records, template=resolve_template(template, tokenizer),
+                                  system_prompt=system_prompt, max_new_tokens=max_new_tokens)
     token_ids = generate_from_ids(model, tokenizer, encoded, batch_size=batch_size, max_new_tokens=max_new_tokens,
                                   progress=progress)
     return decode(tokenizer, token_ids), cut, sum(len(ids) for ids in token_ids)
@@ -101,13 +95,13 @@ def answer(model, tokenizer, records: list[Record], *, template: str, max_new_to
 
 def judge_harmful(judges: dict[str, Any], prompts: list[HarmfulPrompt], answers: list[str]) -> dict[str, list[Verdict]]:
     """Each judge's verdicts on the answers to the harmful prompts."""
-    questions = [user_text(p.record) for p in prompts]
+    questions = [p.record.request for p in prompts]
     return {name: judge.flags(questions, answers) for name, judge in judges.items()}
 
 
 def refusals(prompts: list[Record], answers: list[str]) -> list[bool]:
     """Which answers to benign prompts are refusals (the keyword judge's refusal phrases)."""
-    return [not v.flagged for v in KeywordJudge().flags([user_text(r) for r in prompts], answers)]
+    return [not v.flagged for v in KeywordJudge().flags([r.request for r in prompts], answers)]
 
 
 def utility_correct(task: str, rows: list[UtilityRow], answers: list[str]) -> list[bool]:
@@ -174,15 +168,17 @@ def _free_accelerator_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def _generate(config: EvalConfig, sets: EvalSets) -> tuple[dict[str, list[str]], dict[str, int], dict]:
-    """Load the model, answer every prompt, and let the model go (the judges may need the memory)."""
+def _generate(config: EvalConfig, sets: EvalSets) -> tuple[dict[str, list[str]], dict[str, int], dict, str]:
+    """Load the model, answer every prompt, and let the model go (the judges may need the memory).
+    Also returns the template used (auto: the model's chat template if it has one, else alpaca)."""
     start = perf_counter()
     model, tokenizer = load_model(config.model, config.adapter, dtype=config.dtype, device=config.device,
                                   trust_remote_code=config.trust_remote_code, allow_other_base=config.allow_other_base)
     loaded = perf_counter()
+    template = resolve_template(config.template, tokenizer)
     records = sets.records()
     _say(config, f"generating {len(records)} answers (greedy, max {config.max_new_tokens} new tokens)")
-    answers, cut, new_tokens = answer(model, tokenizer, records, template=config.template,
+    answers, cut, new_tokens = answer(model, tokenizer, records, template=template, system_prompt=config.system_prompt,
                                       max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
                                       progress=config.progress)
     if cut:
@@ -196,15 +192,15 @@ def _generate(config: EvalConfig, sets: EvalSets) -> tuple[dict[str, list[str]],
     return sets.split(answers), cut_by_set, {
         "load_s": loaded - start, "generate_s": seconds, "prompts": len(records), "new_tokens": new_tokens,
         "prompts_per_s": len(records) / seconds if seconds else None,
-        "tokens_per_s": new_tokens / seconds if seconds else None}
+        "tokens_per_s": new_tokens / seconds if seconds else None}, template
 
 
-def _protocol(config: EvalConfig, sets: EvalSets, described: dict[str, dict]) -> dict[str, Any]:
+def _protocol(config: EvalConfig, sets: EvalSets, described: dict[str, dict], template: str) -> dict[str, Any]:
     return {
         "harmful_set": describe_set(config.harmful, len(sets.harmful)) if config.harmful else None,
         "over_refusal_set": describe_set(config.over_refusal, len(sets.over_refusal)) if config.over_refusal else None,
         "utility_sets": {task: describe_set(uri, len(sets.utility[task])) for task, uri in config.utility.items()},
-        "limit": config.limit, "template": config.template, "decoding": "greedy",
+        "limit": config.limit, "template": template, "system_prompt": config.system_prompt, "decoding": "greedy",
         "max_new_tokens": config.max_new_tokens,
         "judge": next(iter(described.values()), None), "judges": list(described.values()),
     }
@@ -212,7 +208,7 @@ def _protocol(config: EvalConfig, sets: EvalSets, described: dict[str, dict]) ->
 
 def evaluate(config: EvalConfig) -> dict[str, Any]:
     """Run the evaluation a config describes; writes OUT/report.json and OUT/samples.jsonl as one folder."""
-    from asft.modeling import resolve_checkpoint
+    from asft.modeling import load_tokenizer, resolve_checkpoint
 
     start = perf_counter()
     # Read and check every input and the output before the slow part, so bad input fails in seconds.
@@ -224,8 +220,10 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
     for judge in judge_configs:
         if judge.kind != "keyword":
             resolve_checkpoint(judge.model, what="judge model")
+    if config.template == "chat":  # the one template a tokenizer may lack: fail before the model is loaded
+        resolve_template(config.template, load_tokenizer(config.model, trust_remote_code=config.trust_remote_code))
 
-    answers, cut, timings = _generate(config, sets)
+    answers, cut, timings, template = _generate(config, sets)
     judge_start = perf_counter()
     verdicts, described = {}, {}
     for name, judge_config in zip(names, judge_configs):  # one judge in memory at a time
@@ -248,7 +246,7 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
     report["utility"] = {task: 100.0 * sum(ok) / len(ok) for task, ok in correct.items()}
     report["utility_counts"] = {task: {"correct": sum(ok), "total": len(ok)} for task, ok in correct.items()}
     report["utility_outcomes"] = {task: Outcomes.of([not x for x in ok]).model_dump() for task, ok in correct.items()}
-    report["protocol"] = _protocol(config, sets, described)
+    report["protocol"] = _protocol(config, sets, described, template)
     report["prompts_truncated"], report["prompts_truncated_by_set"] = sum(cut.values()), cut
     report.update(model=config.model, adapter=config.adapter,
                   adapter_sha256=storage.sha256_tree(storage.materialize(config.adapter)) if config.adapter else None,

@@ -12,12 +12,14 @@ from __future__ import annotations
 import os
 import sys
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Iterator
 
 import torch
 
 from asft import storage
 from asft.errors import AsftError, first_line
+from asft.templates import Record, TemplateName, end_of_turn_ids, prompt_ids
 
 _CHARS_PER_TOKEN = 16  # generous: a token rarely spans more characters, so a cut by characters keeps enough
 
@@ -89,13 +91,14 @@ def apply_adapter(model, adapter_uri: str | os.PathLike):
 
 
 def stop_token_ids(model, tokenizer) -> list[int]:
-    """The tokenizer's EOS plus any end-of-turn ids the checkpoint's generation config lists."""
+    """The tokenizer's EOS, its chat template's end-of-turn token and any end-of-turn ids the
+    checkpoint's generation config lists."""
     from transformers import GenerationMixin
 
     owner = next(m for m in model.modules() if isinstance(m, GenerationMixin))
     listed = owner.generation_config.eos_token_id
     listed = [] if listed is None else [listed] if isinstance(listed, int) else list(listed)
-    return list(dict.fromkeys([tokenizer.eos_token_id, *listed]))
+    return list(dict.fromkeys([tokenizer.eos_token_id, *end_of_turn_ids(tokenizer), *listed]))
 
 
 @contextmanager
@@ -129,33 +132,62 @@ def _middle_cut(items, head: int, tail: int):
     return items if len(items) <= head + tail else items[:head] + items[len(items) - tail:]
 
 
-def encode_prompts(model, tokenizer, prompts: list[str], *, max_new_tokens: int,
-                   add_special_tokens: bool = True) -> tuple[list[list[int]], list[int]]:
-    """Token ids of each prompt, cut to leave ``max_new_tokens`` of the context for the answer,
-    and the indices of the prompts that were cut.
-
-    A long prompt loses its middle: the first quarter of the budget (BOS, the template's
-    preamble, the start of the request) and the last three quarters (the end of the request
-    and the template's answer cue) are kept, so the model still sees a well-formed prompt that
-    asks for an answer. Texts far longer than the budget are cut by characters first, so a
-    10 MB prompt is never tokenized whole.
-    """
-    if not prompts:
-        return [], []
+def _prompt_budget(model, tokenizer, max_new_tokens: int) -> int | None:
+    """Tokens a prompt may take so ``max_new_tokens`` still fit the context (None: no known limit)."""
     context = context_length(model, tokenizer)
     if context is None:
-        return tokenizer(prompts, add_special_tokens=add_special_tokens)["input_ids"], []
-    budget = context - max_new_tokens
-    if budget < 1:
+        return None
+    if context - max_new_tokens < 1:
         raise AsftError(f"--max-new-tokens {max_new_tokens} leaves no room for a prompt: the model takes "
                         f"{context} tokens in all; use at most {context - 1}")
+    return context - max_new_tokens
+
+
+def _fit(encode, items: list, budget: int | None) -> tuple[list[list[int]], list[int]]:
+    """``encode(item, keep)`` for each item, then any prompt over ``budget`` tokens cut in
+    the middle: the first quarter of the budget (BOS, the template's preamble, the start of the
+    request) and the last three quarters (the end of the request and the answer cue) are kept,
+    so the model still sees a well-formed prompt that asks for an answer. ``encode`` first cuts
+    texts to the ``keep`` = (head, tail) characters, so a 10 MB prompt is never tokenized whole;
+    it returns the ids and whether it cut."""
+    if budget is None:
+        return [encode(item, None)[0] for item in items], []
     head, tail = budget // 4, budget - budget // 4
-    texts = [_middle_cut(p, head * _CHARS_PER_TOKEN, tail * _CHARS_PER_TOKEN) for p in prompts]
-    encoded = tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]
-    cut = [i for i, (p, t, ids) in enumerate(zip(prompts, texts, encoded)) if len(t) < len(p) or len(ids) > budget]
-    for i in cut:
-        encoded[i] = _middle_cut(encoded[i], head, tail)
+    encoded, cut = [], []
+    for i, item in enumerate(items):
+        ids, shortened = encode(item, (head * _CHARS_PER_TOKEN, tail * _CHARS_PER_TOKEN))
+        if shortened or len(ids) > budget:
+            cut.append(i)
+            ids = _middle_cut(ids, head, tail)
+        encoded.append(ids)
     return encoded, cut
+
+
+def _char_cut(text: str, keep: tuple[int, int] | None) -> str:
+    return text if keep is None else _middle_cut(text, *keep)
+
+
+def encode_prompts(model, tokenizer, prompts: list[str], *, max_new_tokens: int,
+                   add_special_tokens: bool = True) -> tuple[list[list[int]], list[int]]:
+    """Token ids of each prompt text, cut to leave ``max_new_tokens`` of the context for the
+    answer (:func:`_fit`), and the indices of the prompts that were cut."""
+    def encode(prompt: str, keep: tuple[int, int] | None) -> tuple[list[int], bool]:
+        text = _char_cut(prompt, keep)
+        return tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"], len(text) < len(prompt)
+
+    return _fit(encode, prompts, _prompt_budget(model, tokenizer, max_new_tokens))
+
+
+def encode_records(model, tokenizer, records: list[Record], *, template: TemplateName, system_prompt: str,
+                   max_new_tokens: int) -> tuple[list[list[int]], list[int]]:
+    """:func:`encode_prompts` for conversations: the prompt ids training uses
+    (:func:`asft.templates.prompt_ids`), each text of a conversation cut by characters first."""
+    def encode(record: Record, keep: tuple[int, int] | None) -> tuple[list[int], bool]:
+        short = replace(record, instruction=_char_cut(record.instruction, keep), input=_char_cut(record.input, keep),
+                        history=tuple((_char_cut(u, keep), _char_cut(a, keep)) for u, a in record.history))
+        return prompt_ids(tokenizer, short, template, system_prompt=system_prompt), short != record
+
+    return _fit(encode, records, _prompt_budget(model, tokenizer, max_new_tokens))
 
 
 def generate_tokens(model, tokenizer, prompts: list[str], *, batch_size: int = 32, max_new_tokens: int = 64,

@@ -7,7 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from asft.templates import TemplateName
+from asft.architectures import check_target_fields
+from asft.templates import SYSTEM_PROMPT, TemplateName
 
 # The paper's setup (arXiv 2506.08473, reference hyper-parameters) is the field defaults.
 # The sandbox preset suits the offline sandbox world: one epoch at a high LR is enough for
@@ -17,6 +18,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},
     "sandbox": {"lr": 5e-3, "epochs": 1, "max_length": 96, "batch_size": 16},
 }
+PRESET_FIELDS = frozenset(key for preset in PRESETS.values() for key in preset)
 
 # Fields that may change between an interrupted run and its --resume.
 RESUME_FREE_FIELDS = ("resume", "checkpoint_every", "keep_checkpoints", "device")
@@ -29,7 +31,8 @@ class TrainConfig(BaseModel):
 
     model: str = Field(description="Aligned checkpoint to fine-tune (HF folder with safetensors; path or URI)")
     out: str = Field(description="Output folder or URI: PEFT adapter, metrics.jsonl, train_manifest.json")
-    data: str | None = Field(None, description="Training rows: JSON array or JSONL with instruction, input (optional), output")
+    data: str | None = Field(None, description="Training rows, read like `asft screen` reads them (Alpaca, chat "
+                             "messages, ShareGPT, prompt/response; JSON, JSONL, CSV, Parquet; path or URI)")
     method: Literal["sft", "asft", "safelora"] = Field(
         "asft", description="sft: plain LoRA; asft: LoRA + lam * sum of anchor penalties; "
         "safelora: SFT (or --adapter) then Safe LoRA's post-hoc projection")
@@ -52,8 +55,16 @@ class TrainConfig(BaseModel):
     lora_r: int = Field(8, ge=1, le=1024, description="LoRA rank")
     lora_alpha: float = Field(32.0, gt=0, allow_inf_nan=False, description="LoRA alpha (scaling alpha/r)")
     lora_dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input")
-    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"],
-                                      description="LoRA target module-name suffixes")
+    target_modules: list[str] | None = Field(
+        None, description="LoRA target module-name suffixes; unset: the model type's preset, the attention query and "
+        "value (q_proj,v_proj; qkv_proj for Phi-3; query_key_value for GPT-NeoX, Falcon, Bloom; c_attn for GPT-2)")
+    target_regex: str | None = Field(
+        None, description="Regular expression the full module name must match (as `asft direction --target-regex`); "
+        "replaces target_modules")
+    fused_qkv_anchor: Literal["whole", "qv"] = Field(
+        "whole", description="Fused q/k/v targets (qkv_proj, query_key_value, c_attn): whole anchors the whole fused "
+        "matrix with one C; qv anchors its q rows and its v rows, each with its own C from those rows of V (as the "
+        "paper anchors q_proj and v_proj), and leaves the k rows trained but unpenalised; Safe LoRA uses the same anchor")
 
     lr: float = Field(5e-5, gt=0, le=1.0, description="AdamW learning rate")
     weight_decay: float = Field(0.0, ge=0.0, allow_inf_nan=False, description="AdamW weight decay")
@@ -63,7 +74,11 @@ class TrainConfig(BaseModel):
     max_length: int = Field(512, ge=8, le=131072, description="Tokens per example (prompt + answer), truncated")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (smoke runs, benchmarks)")
     seed: int = Field(42, ge=0, description="Seed for LoRA init, dropout and the per-epoch shuffle")
-    template: TemplateName = Field("alpaca", description="Prompt template (the prompt is masked out of the loss)")
+    template: TemplateName = Field(
+        "auto", description="Prompt template: auto (the tokenizer's chat template if it has one, else alpaca), chat, "
+        "alpaca (the paper's) or llama2-chat; only assistant turns are learned")
+    system_prompt: str = Field(SYSTEM_PROMPT, description="System prompt of every conversation without its own "
+                               "('' for none); default the paper's")
 
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 autocast on a GPU that supports it, else fp32; the penalty is always float32")
@@ -85,7 +100,8 @@ class TrainConfig(BaseModel):
     def _fill_from_preset(cls, data: Any) -> Any:
         if isinstance(data, dict):
             preset = PRESETS.get(data.get("preset") or "paper", {})
-            data = {k: v for k, v in data.items() if v is not None or k not in preset}
+            # None means "from the preset" for any field a preset can fill (the pipeline's form sends it)
+            data = {k: v for k, v in data.items() if v is not None or k not in PRESET_FIELDS}
             for key, value in preset.items():
                 data.setdefault(key, value)
         return data
@@ -98,8 +114,11 @@ class TrainConfig(BaseModel):
             raise ValueError("adapter is only used by method safelora (projecting an existing adapter)")
         if not self.adapter and not self.data:
             raise ValueError("data is required (a JSON/JSONL file of instruction/input/output rows)")
-        if not self.target_modules:
-            raise ValueError("target_modules is empty; give module names such as q_proj,v_proj")
+        return self
+
+    @model_validator(mode="after")
+    def _check_targets(self) -> "TrainConfig":
+        check_target_fields(self.target_modules, self.target_regex)
         return self
 
     @property

@@ -28,26 +28,25 @@ from asft.training import checkpoint as ckpt
 from asft.training.adapter import MANIFEST
 from asft.training.config import TrainConfig
 from asft.training.loop import EpochShuffle, Loop, StepResult, Terms
-from asft.training.lora import add_lora, load_anchors, lora_layers, penalty
+from asft.training.lora import add_lora, load_anchors, lora_layers, penalty, targets_record
 from asft.training.methods import method_for
 
 SHUFFLE_NOTE = ("rows are reshuffled every epoch with torch.randperm seeded by (seed, epoch); "
                 "the reference implementation does not shuffle")
 
 
-def read_examples(config: TrainConfig, tokenizer) -> list[dict[str, list[int]]]:
-    """The training rows, encoded with the prompt template (prompt masked out of the labels)."""
-    from asft.rows import read_rows
-    from asft.templates import Record, encode_example
+def read_examples(config: TrainConfig, tokenizer) -> tuple[list[dict[str, list[int]]], str, str]:
+    """The training rows encoded with the prompt template (loss on assistant turns only), the
+    template resolved for this tokenizer, and the data's content hash. The rows are read by
+    ingestion (every source and schema ``asft screen`` takes); a malformed row is an error."""
+    from asft.data.ingest import IngestConfig, ingest
+    from asft.templates import encode_example, resolve_template
 
-    rows = read_rows(config.data, required=("instruction", "output"))
-    examples = []
-    for number, row in enumerate(rows, start=1):
-        if not isinstance(row.get("input", ""), str):
-            raise AsftError(f"{config.data}: row {number}: field input must be text")
-        record = Record(row["instruction"], row.get("input") or "", row["output"])
-        examples.append(encode_example(tokenizer, record, config.template, config.max_length))
-    return examples
+    template = resolve_template(config.template, tokenizer)  # a bad template fails before the data is read
+    data = ingest(config.data, IngestConfig(on_malformed="fail"))
+    examples = [encode_example(tokenizer, row.record, template, config.max_length, system_prompt=config.system_prompt)
+                for row in data.rows]
+    return examples, template, data.sha256
 
 
 def resolve_precision(config: TrainConfig, device: torch.device) -> str:
@@ -102,7 +101,7 @@ class LoraRecipe:
         self.device = pick_device(config.device)
         self.precision = resolve_precision(config, self.device)
         self.tokenizer = load_tokenizer(config.model, trust_remote_code=config.trust_remote_code, padding_side="right")
-        self.examples = read_examples(config, self.tokenizer)
+        self.examples, self.template, self.data_sha256 = read_examples(config, self.tokenizer)
         self.setup_model()
         self.named = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
         self.optimizer = torch.optim.AdamW(list(self.named.values()), lr=config.lr, weight_decay=config.weight_decay)
@@ -207,10 +206,12 @@ class LoraRecipe:
             "config": config.model_dump(mode="json"),
             "precision": self.precision,
             "device": str(self.device),
-            "data_sha256": storage.sha256_bytes(storage.read_bytes(config.data)),
+            "template": self.template,
+            "data_sha256": self.data_sha256,
             "examples": len(self.examples),
             "model_sha256": remembered_checkpoint_sha256(resolve_checkpoint(config.model)),
             "direction_sha256": self.direction_sha256,
+            "targets": targets_record(self.model, config),
             "steps": self.step,
             "epochs_done": round(self.step / self.sampler.steps_per_epoch, 3),
             "final_loss": metrics[-1]["loss"] if metrics else None,

@@ -59,6 +59,8 @@ def test_evaluate_report_and_samples_agree_with_direct_measurement(tiny_lm, sets
     assert sum(s["correct"] for s in samples[6:9]) * 100 / 3 == pytest.approx(report["utility"]["sst2"])
 
     protocol = report["protocol"]
+    (read,) = protocol["harmful_set"].pop("files")  # the file as read, with its own hash and row count
+    assert read["sha256"] == sha256_file(sets["harmful"]) and read["rows"] == 6
     assert protocol["harmful_set"] == {"file": "harmful.jsonl", "sha256": sha256_file(sets["harmful"]),
                                        "rows_in_file": 6, "rows_used": 6}
     assert protocol["decoding"] == "greedy" and protocol["max_new_tokens"] == 5 and protocol["template"] == "alpaca"

@@ -87,3 +87,48 @@ def test_adapter_is_applied_and_pickle_adapters_refused(tiny_lm, tmp_path):
     (tmp_path / "adapter" / "adapter_model.safetensors").rename(tmp_path / "adapter" / "adapter_model.bin")
     with pytest.raises(AsftError, match="pickle adapters are never loaded"):
         load_model(tiny_lm, tmp_path / "adapter", device="cpu")
+
+
+# A chat template that renders BOS itself, on a tokenizer that also adds one: the double-BOS trap.
+BOS_CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                     "{% if add_generation_prompt %}assistant:{% endif %}")
+
+
+def test_evaluation_prompts_are_the_ids_training_used(tiny_lm):
+    import copy
+
+    from asft.evaluation.evaluate import answer
+    from asft.evaluation.generation import encode_records, generate_from_ids
+    from asft.templates import Record, encode_example
+
+    model, tokenizer = load_model(tiny_lm, device="cpu")
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.chat_template = BOS_CHAT_TEMPLATE
+    records = [Record("How do I open the door?"),
+               Record("and the window?", system="be brief", history=(("How do I open the door?", "Push it."),)),
+               Record("How do I paint the window? " * 400)]
+    encoded, cut = encode_records(model, tokenizer, records, template="auto", system_prompt="be kind", max_new_tokens=8)
+    trained = [encode_example(tokenizer, r, "chat", 100_000, system_prompt="be kind")["input_ids"] for r in records]
+    assert encoded[:2] == [ids[:len(p)] for ids, p in zip(trained, encoded[:2])]  # byte-identical prompts
+    assert all(ids.count(tokenizer.bos_token_id) == 1 and ids[0] == tokenizer.bos_token_id for ids in encoded)
+    assert cut == [2] and len(encoded[2]) == 1024 - 8 and encoded[2][0] == tokenizer.bos_token_id
+    assert tokenizer.decode(encoded[2][-4:]).endswith("assistant:")  # the answer cue survives the cut
+    texts, cut_again, _ = answer(model, tokenizer, records, template="chat", system_prompt="be kind",
+                                 max_new_tokens=6, batch_size=2)
+    assert cut_again == [2]
+    assert texts == [tokenizer.decode(ids, skip_special_tokens=True).strip()
+                     for ids in generate_from_ids(model, tokenizer, encoded, max_new_tokens=6, progress=False)]
+
+
+def test_evaluation_with_a_chat_template_the_tokenizer_lacks_fails_first(tiny_lm, tmp_path):
+    from asft.evaluation import EvalConfig, evaluate
+
+    harmful = tmp_path / "harmful.jsonl"
+    harmful.write_text('{"instruction": "How do I open the door?"}\n')
+    config = EvalConfig(model=str(tiny_lm), harmful=str(harmful), out=str(tmp_path / "out"), template="chat",
+                        device="cpu", progress=False)
+    with pytest.raises(AsftError, match="has no chat template; use --template auto"):
+        evaluate(config)
+    assert not (tmp_path / "out").exists()
+    report = evaluate(config.model_copy(update={"template": "auto", "system_prompt": "be kind", "max_new_tokens": 2}))
+    assert report["protocol"]["template"] == "alpaca" and report["protocol"]["system_prompt"] == "be kind"

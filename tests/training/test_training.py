@@ -130,7 +130,7 @@ def test_configuration_errors(llama_pair, train_rows, direction, tmp_path):
         train(config(llama_pair, train_rows, only_q, tmp_path / "x", method="asft"))
     bad_rows = tmp_path / "bad.jsonl"
     bad_rows.write_text('{"instruction": "x", "output": "y"}\n{"instruction": "x"}\n')
-    with pytest.raises(AsftError, match="line 2: missing text field"):
+    with pytest.raises(AsftError, match="bad.jsonl:2: missing or empty answer"):
         train(config(llama_pair, bad_rows, direction, tmp_path / "x", method="sft"))
     with pytest.raises(AsftError, match="LoRA targets"):
         train(config(llama_pair, train_rows, direction, tmp_path / "x", method="sft", target_modules=["nope_proj"]))

@@ -24,8 +24,14 @@ class Screener(Protocol):
 
 
 def request_text(record: Record) -> str:
-    """What the user asks: the instruction, then its input."""
-    return record.instruction + (f"\n\n{record.input}" if record.input else "")
+    """What the user asks: every user turn (the last one: the instruction, then its input)."""
+    return "\n\n".join(record.user_turns())
+
+
+def exchange_texts(record: Record, include_output: bool) -> list[str]:
+    """Each user turn on its own, followed by its answer when ``include_output``: a rule must
+    not match across two turns. A single-turn record gives one text, as it always did."""
+    return [user + (f"\n\n{answer}" if include_output else "") for user, answer in record.exchanges()]
 
 
 class Combined:

@@ -1,9 +1,9 @@
 """Sentence-encoder screener: zero-shot against written harm/benign descriptions, or a
 logistic-regression head fitted on the user's labelled rows.
 
-Zero-shot: each field (instruction, input, optionally output) is embedded on its own, and
-its margin is (max cosine to a harmful-request description) - (max cosine to a benign-request
-description). An instruction asks, an input is material (a news story about a bombing is
+Zero-shot: each field (instruction, input, optionally output; each earlier turn's request
+and answer) is embedded on its own, and its margin is (max cosine to a harmful-request
+description) - (max cosine to a benign-request description). An instruction asks, an input is material (a news story about a bombing is
 not a request to make one), so inputs need a wider margin. Unique texts are embedded once,
 which makes the shared instruction of a task dataset free.
 
@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from asft import storage
 from asft.data.screening.base import ScreenResult, request_text
 from asft.errors import AsftError
+from asft.forms import FormModel
 from asft.templates import Record
 
 BUNDLED_MODEL = "bundled:all-MiniLM-L6-v2"
@@ -141,10 +142,8 @@ BENIGN_DESCRIPTIONS: list[str] = [
 ]
 
 
-class EncoderConfig(BaseModel):
+class EncoderConfig(FormModel):
     """The sentence-encoder screener's settings."""
-
-    model_config = ConfigDict(extra="forbid")
 
     model: str = Field(BUNDLED_MODEL, description="Sentence-transformers model: a folder, a hub name (online) or the bundled all-MiniLM-L6-v2.")
     head: str | None = Field(None, description="Folder of a head fitted with `asft screen fit` (replaces the zero-shot rule).")
@@ -236,28 +235,43 @@ class EncoderScreener:
             return []
         return self._head_scores(records) if self.head else self._zero_shot(records)
 
+    def _fields(self, record: Record) -> list[tuple[str, str, float, str]]:
+        """(name, text, margin threshold, embedding batch) of every text of a record the zero-shot
+        rule reads: the last turn's instruction and input (and output), then each earlier turn's
+        request (an instruction) and answer (an output). Each field of the last turn is embedded
+        in a batch of its own, as single-turn records always were."""
+        config = self.config
+        fields = [("instruction", record.instruction, config.instruction_margin, "instruction"),
+                  ("input", record.input, config.input_margin, "input")]
+        if config.output_margin is not None:
+            fields.append(("output", record.output, config.output_margin, "output"))
+        for number, (user, answer) in enumerate(record.history, start=1):
+            fields.append((f"user turn {number}", user, config.instruction_margin, "history"))
+            if config.output_margin is not None:
+                fields.append((f"answer {number}", answer, config.output_margin, "history"))
+        return fields
+
     def _zero_shot(self, records: list[Record]) -> list[ScreenResult]:
-        fields = [("instruction", self.config.instruction_margin), ("input", self.config.input_margin)]
-        if self.config.output_margin is not None:
-            fields.append(("output", self.config.output_margin))
-        # excess[f][i] = margin of field f of record i over that field's threshold (-inf when empty)
-        excess, nearest = [], []
-        for field_name, threshold in fields:
-            texts = [getattr(r, field_name) for r in records]
-            present = [i for i, t in enumerate(texts) if t.strip()]
-            column, near = np.full(len(records), -math.inf), np.zeros(len(records), dtype=int)
-            if present:
-                m, n = self.margins([texts[i] for i in present])
-                column[present], near[present] = m - threshold, n
-            excess.append(column)
-            nearest.append(near)
+        fields = [self._fields(r) for r in records]
+        batches: dict[str, list[tuple[int, int]]] = {}
+        for i, record_fields in enumerate(fields):
+            for f, (_, text, _, batch) in enumerate(record_fields):
+                if text.strip():
+                    batches.setdefault(batch, []).append((i, f))
+        found: dict[tuple[int, int], tuple[np.float32, int]] = {}
+        for where in batches.values():
+            margin, nearest = self.margins([fields[i][f][1] for i, f in where])
+            found.update(zip(where, zip(margin, nearest.tolist())))
         results = []
-        for i in range(len(records)):
-            best = max(range(len(fields)), key=lambda f: excess[f][i])
-            score = float(excess[best][i])
-            category, description = self.harm_labels[nearest[best][i]]
-            reason = f'encoder:{category}:"{description}" ({fields[best][0]} margin {score + fields[best][1]:+.3f})'
-            results.append(ScreenResult(score > 0, score, (reason,)))
+        for i, record_fields in enumerate(fields):
+            # excess of each field's margin over its threshold (-inf when empty); the first largest one decides
+            excess = [float(found[i, f][0] - threshold) if (i, f) in found else -math.inf
+                      for f, (_, _, threshold, _) in enumerate(record_fields)]
+            best = max(range(len(record_fields)), key=lambda f: excess[f])
+            name, _, threshold, _ = record_fields[best]
+            category, description = self.harm_labels[found[i, best][1] if (i, best) in found else 0]
+            reason = f'encoder:{category}:"{description}" ({name} margin {excess[best] + threshold:+.3f})'
+            results.append(ScreenResult(excess[best] > 0, excess[best], (reason,)))
         return results
 
     def _head_scores(self, records: list[Record]) -> list[ScreenResult]:

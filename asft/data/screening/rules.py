@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from asft.data.screening.base import ScreenResult, request_text
+from asft.data.screening.base import ScreenResult, exchange_texts
 from asft.templates import Record
 
 _PEOPLE = (r"(?:some(?:one|body)|a (?:person|human|child|kid|woman|man|girl|boy|neighbou?r|cop|police officer)|"
@@ -110,7 +110,8 @@ LEXICON: dict[str, list[str]] = {
 
 
 class RulesScreener:
-    """Flags a record when any lexicon rule matches its instruction, input or (optionally) output."""
+    """Flags a record when any lexicon rule matches one of its user turns (the last: instruction
+    and input) or (optionally) the answer to it."""
 
     name = "rules"
 
@@ -136,7 +137,6 @@ class RulesScreener:
     def score(self, records: list[Record]) -> list[ScreenResult]:
         results = []
         for record in records:
-            text = request_text(record) + (f"\n\n{record.output}" if self.include_output else "")
-            reasons = self.matches(text)
+            reasons = [reason for text in exchange_texts(record, self.include_output) for reason in self.matches(text)]
             results.append(ScreenResult(bool(reasons), float(len(reasons)), tuple(reasons)))
         return results
