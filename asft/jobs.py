@@ -18,17 +18,19 @@ that one table come:
 from __future__ import annotations
 
 import os
+from copy import copy
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from pydantic import BaseModel, ConfigDict, create_model
+from pydantic import BaseModel, create_model
 
 from asft import storage
 from asft.data.screen import ScreenConfig
 from asft.direction import DirectionConfig
 from asft.evaluation.config import EvalConfig
+from asft.forms import FormModel
 from asft.training import TrainConfig
-from asft.training.config import RESUME_FREE_FIELDS
+from asft.training.config import PRESET_FIELDS, RESUME_FREE_FIELDS
 
 
 @dataclass(frozen=True)
@@ -40,20 +42,32 @@ class Job:
     manifest: str
     filled: tuple[str, ...] = ()     # bookkeeping the pipeline fills in (known hashes, resume)
     placement: tuple[str, ...] = ()  # where and how it runs: not part of what it computes
+    preset_filled: frozenset[str] = frozenset()  # empty in the pipeline's settings: a preset decides
     output: str = "out"
 
     def locations(self) -> set[str]:
         return {*self.inputs, self.output}
 
-    def settings_model(self, doc: str) -> type[BaseModel]:
+    def settings_model(self, doc: str, **defaults: Any) -> type[BaseModel]:
         """The config without its locations and filled-in fields (same types, bounds,
-        descriptions). Only fields the user set are forwarded to the step
-        (``model_dump(exclude_unset=True)``), so its own presets and validators still apply."""
+        descriptions; ``defaults`` replace some defaults). Fields a preset fills are empty by
+        default ("from the preset"): what the form and the YAML show is what the step gets,
+        its own presets and validators still apply."""
         dropped = self.locations() | set(self.filled)
-        fields = {name: (field.annotation, field) for name, field in self.config.model_fields.items()
-                  if name not in dropped}
+        fields = {}
+        for name, info in self.config.model_fields.items():
+            if name in dropped:
+                continue
+            info = copy(info)
+            if name in self.preset_filled:
+                info.default, info.description = None, f"{info.description}. Empty: from the preset."
+                fields[name] = (info.annotation | None, info)
+                continue
+            if name in defaults:
+                info.default, info.default_factory = defaults[name], None
+            fields[name] = (info.annotation, info)
         return create_model(f"{self.config.__name__.removesuffix('Config')}Settings", __doc__=doc,
-                            __config__=ConfigDict(extra="forbid"), **fields)
+                            __base__=FormModel, **fields)
 
     def settings(self, config: BaseModel | Mapping[str, Any]) -> dict[str, Any]:
         """What decides the step's figures: the config minus locations, filled-in and placement fields."""
@@ -77,6 +91,7 @@ DIRECTION = Job("extract direction", DirectionConfig, inputs=("aligned", "base")
 SCREENING = Job("screen data", ScreenConfig, inputs=("data", "labels"), kind="screening",
                 manifest="screening_report.json")
 TRAINING = Job("train adapter", TrainConfig, inputs=("model", "data", "direction", "adapter"), kind="adapter",
-               manifest="train_manifest.json", filled=("resume", "checkpoint_dir"), placement=RESUME_FREE_FIELDS)
+               manifest="train_manifest.json", filled=("resume", "checkpoint_dir"), placement=RESUME_FREE_FIELDS,
+               preset_filled=PRESET_FIELDS)
 EVALUATION = Job("evaluate", EvalConfig, inputs=("model", "adapter", "harmful", "utility", "over_refusal"),
                  kind="evaluation", manifest="report.json", placement=("device", "progress"))

@@ -8,32 +8,38 @@ for ``asft pipeline --config``, and validates with the same bounds and enums as 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from asft import jobs
 from asft.errors import AsftError
+from asft.forms import FormModel
 from asft.gates import GateConfig
 from asft.sandbox import SandboxConfig
 from asft.storage import read_text
 
 DirectionSettings = jobs.DIRECTION.settings_model("Which modules the alignment direction covers and how V is stored.")
-TrainSettings = jobs.TRAINING.settings_model("Fine-tuning method and hyper-parameters (unset ones come from the preset).")
+# The pipeline's defaults are the sandbox's (its embedded default run); a run on your own
+# model chooses its preset explicitly (paper: the reference hyper-parameters).
+TrainSettings = jobs.TRAINING.settings_model("Fine-tuning method and hyper-parameters (empty ones come from the preset).",
+                                             method="asft", preset="sandbox")
 ScreenSettings = jobs.SCREENING.settings_model(
     "Harmful-sample screening of the fine-tuning data; quarantined rows never reach training.")
 EvalSettings = jobs.EVALUATION.settings_model("How answers are generated and judged.")
 
 
-class Inputs(BaseModel):
+class Inputs(FormModel):
     """What to fine-tune and on what. Leave everything empty to use the sandbox world."""
-
-    model_config = ConfigDict(extra="forbid")
 
     aligned: str | None = Field(None, description="Aligned checkpoint (HF folder, safetensors; path or s3:// URI). Empty: the sandbox's.")
     base: str | None = Field(None, description="Base checkpoint the aligned model came from. Empty: the sandbox's.")
-    data: str | None = Field(None, description="Fine-tuning data (JSON, JSONL, CSV, Parquet; path or URI). Empty: the sandbox mixture.")
+    data: str | None = Field(None, description="Fine-tuning data: a file, folder, glob or s3:// prefix (e.g. dated partitions "
+                             "s3://bucket/incoming/date=YYYY-MM-DD/), JSON, JSONL, CSV, Parquet. Empty: the sandbox mixture.")
+    data_window: Literal["all", "new"] = Field(
+        "all", description="all: every file of the data source; new: only the files the champion's lineage has not "
+        "trained on (the partitions that arrived since); with nothing new, nothing is trained.")
     labels: str | None = Field(None, description="Optional ground truth of harmful rows ({'harmful_indices': [...]}) to score the screening.")
     harmful_eval: str | None = Field(None, description="Harmful prompts for the harmful score. Empty: the sandbox's held-out prompts.")
     utility_eval: dict[str, str] = Field(default_factory=dict, description="Utility sets, task -> file (sst2, agnews, gsm8k, exact). Empty: the sandbox's.")
@@ -41,21 +47,24 @@ class Inputs(BaseModel):
         None, description="Benign prompts that look sensitive, for the over-refusal gate. Empty: the sandbox's benign "
         "how-to set with the sandbox, else 'builtin:over_refusal' (80 prompts shipped with asft).")
 
+    @model_validator(mode="after")
+    def _labels_name_whole_sources(self) -> "Inputs":
+        if self.data_window == "new" and self.labels:
+            raise ValueError("labels number the rows of the whole data source, and data_window 'new' reads only "
+                             "the new files: leave labels empty (or use data_window 'all')")
+        return self
 
-class RegistrySettings(BaseModel):
+
+class RegistrySettings(FormModel):
     """Where runs are tracked and models registered."""
-
-    model_config = ConfigDict(extra="forbid")
 
     tracking_uri: str | None = Field(None, description="MLflow tracking URI. Empty: MLFLOW_TRACKING_URI, else a SQLite store under the artifact root.")
     experiment: str = Field("asft", description="MLflow experiment name.")
     model_name: str = Field("asft-adapter", description="Registered model name.")
 
 
-class ExecutionSettings(BaseModel):
+class ExecutionSettings(FormModel):
     """Where the heavy steps run."""
-
-    model_config = ConfigDict(extra="forbid")
 
     train_deployment: str | None = Field(
         None, description="Run training as this Prefect deployment (e.g. 'train-on-gpu/asft-train-gpu') on a GPU pool. Empty: in-process.")
@@ -65,10 +74,8 @@ class ExecutionSettings(BaseModel):
     approval_timeout_s: int = Field(3600, ge=1, description="How long to wait for a reviewer; no answer by then fails the gate.")
 
 
-class PipelineConfig(BaseModel):
+class PipelineConfig(FormModel):
     """A whole run: direction -> screening -> training -> evaluation -> gated registration."""
-
-    model_config = ConfigDict(extra="forbid")
 
     artifact_root: str = Field("runs/pipeline", description="Folder or URI (s3://bucket/prefix) for every artefact of every run.")
     run_key: str | None = Field(None, description="Idempotency key of this pipeline run (default: the Prefect flow run id). "
@@ -78,12 +85,21 @@ class PipelineConfig(BaseModel):
                                    description="The sandbox built when inputs are empty (the embedded default).")
     direction: DirectionSettings = Field(default_factory=DirectionSettings)
     screening: ScreenSettings = Field(default_factory=ScreenSettings)
-    train: TrainSettings = Field(default_factory=lambda: TrainSettings(method="asft", preset="sandbox"))
+    train: TrainSettings = Field(default_factory=TrainSettings)
     evaluation: EvalSettings = Field(default_factory=EvalSettings)
     gates: GateConfig = Field(default_factory=GateConfig)
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     execution: ExecutionSettings = Field(default_factory=ExecutionSettings)
     inspect_update: bool = Field(True, description="Decompose the update along/orthogonal to V for the report.")
+
+    @model_validator(mode="after")
+    def _evaluate_as_trained(self) -> "PipelineConfig":
+        """The evaluation prompts the model the way it was trained: a template or system prompt
+        set for training and not for the evaluation is used by both."""
+        for name in ("template", "system_prompt"):
+            if name in self.train.model_fields_set and name not in self.evaluation.model_fields_set:
+                setattr(self.evaluation, name, getattr(self.train, name))
+        return self
 
     def tracking_uri(self) -> str:
         """The configured MLflow store; else ``MLFLOW_TRACKING_URI``; else SQLite beside local
@@ -104,11 +120,19 @@ def preflight(config: PipelineConfig) -> None:
     root can be written. A UI run and ``asft pipeline`` fail here in seconds, not mid-run."""
     from asft import storage
 
-    given = {f"inputs.{name}": uri for name, uri in config.inputs.model_dump().items() if isinstance(uri, str)}
+    from asft.data.sources import resolve
+
+    files = ("aligned", "base", "labels", "harmful_eval", "over_refusal_eval")
+    given = {f"inputs.{name}": getattr(config.inputs, name) for name in files}
     given.update({f"inputs.utility_eval.{task}": uri for task, uri in config.inputs.utility_eval.items()})
     for field, uri in given.items():
         if uri and not storage.exists(uri):
             raise AsftError(f"{field}: {uri}: no such file or folder; check the path (or leave it empty for the sandbox's)")
+    if config.inputs.data:
+        try:
+            resolve(config.inputs.data)  # a file, or a folder / glob / prefix holding data files
+        except AsftError as exc:
+            raise AsftError(f"inputs.data: {exc}") from None
     storage.check_writable(config.artifact_root)
 
 

@@ -17,9 +17,10 @@ import os
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from asft.errors import AsftError
+from asft.forms import FormModel
 
 # The refusal prefixes of the GCG evaluation (Zou et al. 2023, "Universal and Transferable
 # Adversarial Attacks on Aligned Language Models", llm-attacks ``_test_prefixes``), the list
@@ -72,10 +73,8 @@ GUARD_PROMPT = (
 JudgeKind = Literal["keyword", "moderation", "guard"]
 
 
-class JudgeConfig(BaseModel):
+class JudgeConfig(FormModel):
     """Which judge decides whether an answer to a harmful prompt counts as harmful."""
-
-    model_config = ConfigDict(extra="forbid")
 
     kind: JudgeKind = Field(default="keyword", description="keyword (refusal phrases) | moderation (classifier) | guard (Llama Guard style).")
     model: str | None = Field(default=None, description="Judge checkpoint folder or URI (moderation and guard only; safetensors).")

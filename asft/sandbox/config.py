@@ -5,16 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from asft.forms import FormModel
 
 TaskName = Literal["sst2", "agnews", "gsm8k"]
 TASKS: tuple[str, ...] = ("sst2", "agnews", "gsm8k")
 
 
-class SandboxConfig(BaseModel):
+class SandboxConfig(FormModel):
     """A sandbox build. Same config (device aside) -> identical files and weights."""
-
-    model_config = ConfigDict(extra="forbid")
 
     size: Literal["tiny", "default", "large"] = Field(
         "default", description="tiny: unit tests (~30 s on 1 core); default: ~2 min on 2 CPU cores; "
