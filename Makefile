@@ -12,14 +12,14 @@ DEMO_DIR ?= runs/demo
 # swap the CPU wheel for a newer (CUDA) build.
 CONSTRAINTS := $(VENV)/torch-constraint.txt
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast bench stack stack-down clean
 
 $(BIN)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	echo "torch==$(TORCH_VERSION)" > $(CONSTRAINTS)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e ".[dev]"
+	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e ".[dev,stack]"
 	touch $@
 
 install: $(BIN)/.installed
@@ -32,6 +32,14 @@ test: install
 
 test-fast: install
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow"
+
+# The team stack without Docker (README "Team setup"): PostgreSQL, S3, MLflow and Prefect
+# servers, work pools, deployments and process workers on 127.0.0.1.
+stack: install
+	$(BIN)/asft stack up
+
+stack-down: install
+	$(BIN)/asft stack down
 
 bench: install
 	$(BIN)/python -m benchmarks --quick

@@ -20,8 +20,10 @@ from asft.errors import AsftError
 app = typer.Typer(rich_markup_mode=None, help=library_app.info.help, no_args_is_help=True, pretty_exceptions_enable=False,
                   add_completion=False)
 app.add_typer(library_app)  # nameless: its commands join this app
-
-
+stack_app = typer.Typer(help="The team stack without Docker: PostgreSQL, S3 (moto), MLflow and Prefect servers, "
+                        "work pools, deployments and process workers on 127.0.0.1.", no_args_is_help=True)
+app.add_typer(stack_app, name="stack")
+STACK = config_args.Spec("flows.stack:StackConfig")
 
 @config_args.command(app, "pipeline", config_args.Spec("asft.pipeline_config:PipelineConfig", essentials=("artifact_root",)))
 def pipeline(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
@@ -39,9 +41,37 @@ def pipeline(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
     summary = asft_pipeline(config=settings)
     progress(f"\nMLflow UI:  mlflow ui --backend-store-uri {summary['tracking_uri']}")
     progress(f"artefacts:  {summary['artifacts']}")
-    progress(f"gates {'PASSED' if summary['gate']['passed'] else 'FAILED'}: " + "; ".join(summary["gate"]["reasons"]))
-    progress(f"champion moved: {summary['champion_moved']} ({summary['model_name']} v{summary['model_version']})")
+    if summary.get("nothing_new"):
+        progress(f"nothing new, nothing trained: champion stays {summary['model_name']} v{summary['model_version']}")
+    else:
+        progress(f"gates {'PASSED' if summary['gate']['passed'] else 'FAILED'}: " + "; ".join(summary["gate"]["reasons"]))
+        progress(f"champion moved: {summary['champion_moved']} ({summary['model_name']} v{summary['model_version']})")
     emit(summary, as_json)
+
+
+@config_args.command(stack_app, "up", STACK)
+def stack_up(ctx: typer.Context) -> None:
+    """Start the stack (or keep what already runs); then `eval "$(asft stack env)"` points a shell at it."""
+    from flows import stack
+
+    stack.up(config_args.build(ctx), progress=progress)
+
+
+@config_args.command(stack_app, "down", STACK)
+def stack_down(ctx: typer.Context) -> None:
+    """Stop every process the stack started (its databases stay under --root)."""
+    from flows import stack
+
+    stopped = stack.down(config_args.build(ctx))
+    progress(f"stack: stopped {', '.join(stopped) if stopped else 'nothing (nothing was running)'}")
+
+
+@config_args.command(stack_app, "env", STACK)
+def stack_env(ctx: typer.Context) -> None:
+    """Print the stack's variables as shell exports (the names docker/.env uses for compose)."""
+    from flows import stack
+
+    print(stack.shell_exports(stack.environment(config_args.build(ctx))), end="")
 
 
 class _WithoutUserErrorTracebacks(logging.Filter):

