@@ -26,6 +26,10 @@ def asft_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
         return steps.finish_recorded(run, recorded)
     preflight(config)
     inputs, hashes = steps.prepare(config, run)
+    selected = steps.select_data(config, run, inputs, hashes)
+    if selected is None:  # a nightly run with no new partition
+        return steps.nothing_new(config, run, hashes)
+    inputs, hashes = selected
     mlflow_run = registry.start_or_resume_run(run.tracking_uri, config.registry.experiment, run.key,
                                               config.model_dump(mode="json"))
     try:
@@ -34,8 +38,8 @@ def asft_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
         training = steps.training(config, run, inputs, direction, screening)
         before, after = steps.evaluations(config, run, inputs, hashes, training)
         inspection = steps.inspection(config, run, direction, training)
-        log_run(mlflow_run, run, direction=direction, screening=screening, training=training, before=before,
-                after=after, inspection=inspection)
+        log_run(mlflow_run, run, data=steps.data_record(config, hashes), direction=direction, screening=screening,
+                training=training, before=before, after=after, inspection=inspection)
         candidate = eval_summary(after, config.gates.judge)
         approval = ask_for_approval(candidate, after, inspection, config, run) if config.execution.manual_approval else None
     except BaseException:

@@ -36,9 +36,10 @@ def _metrics(direction: dict, screening: dict, training: dict, before: dict, aft
     return {k: v for k, v in metrics.items() if v is not None}
 
 
-def log_run(run_id: str, run, *, direction: dict, screening: dict, training: dict, before: dict, after: dict,
+def log_run(run_id: str, run, *, data: dict, direction: dict, screening: dict, training: dict, before: dict, after: dict,
             inspection: dict | None) -> None:
-    """Metrics, curves, artefacts and plots of one pipeline run into its MLflow run."""
+    """Metrics, curves, artefacts and plots of one pipeline run into its MLflow run; ``data``:
+    the files it trained on and its lineage's (``data/files.json``, read by the next run)."""
     uri, adapter = run.tracking_uri, training["adapter"]
     registry.log_metrics(run_id, _metrics(direction, screening, training, before, after, inspection), tracking_uri=uri)
     rows = [json.loads(line) for line in storage.read_text(storage.join(adapter, "metrics.jsonl")).splitlines() if line]
@@ -49,6 +50,9 @@ def log_run(run_id: str, run, *, direction: dict, screening: dict, training: dic
     registry.log_artifacts(run_id, direction["uri"] + "/manifest.json", "manifests", tracking_uri=uri)
     registry.log_artifacts(run_id, screening["report_uri"], "screening", tracking_uri=uri)
     registry.log_artifacts(run_id, run.path("evaluation"), "evaluation", tracking_uri=uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "files.json").write_text(json.dumps(data, indent=2) + "\n")
+        registry.log_artifacts(run_id, Path(tmp) / "files.json", "data", tracking_uri=uri)
     with tempfile.TemporaryDirectory() as tmp:
         save_png(training_curves(rows), Path(tmp) / "training_curves.png")
         save_png(eval_comparison(eval_summary(before), eval_summary(after), ("aligned", "fine-tuned")),

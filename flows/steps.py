@@ -60,21 +60,37 @@ def _cached(step, job: jobs.Job, out: str):
     return step.with_options(refresh_cache=not job.done(out))
 
 
+DATA_FILES = "data/files.json"  # in each pipeline run's MLflow run: the files it trained on, and its lineage's
+
+
+def data_files(source: str) -> list[dict]:
+    """Every file of a data source (file, folder, glob, prefix) with its size and content hash."""
+    from asft.data.sources import resolve
+
+    return [{"uri": f.uri, "size": f.size, "sha256": storage.sha256_uri(f.uri)} for f in resolve(source)]
+
+
+def content_hash(files: list[dict]) -> str:
+    """What the data cache keys hash: the files' contents in reading order, never their names."""
+    return storage.sha256_json([f["sha256"] for f in files])
+
+
 @task(name="fingerprint inputs", **IO_RETRIES)
 def fingerprint(inputs: dict) -> dict:
     """Content hashes of the checkpoints, the data and the evaluation sets: what every cache
     key is made of (checkpoint hashes are remembered per file state: a nightly run does not
     re-read unchanged weights)."""
+    from asft.data.sources import source_sha256
     from asft.evaluation.datasets import resolve_set
     from asft.io.hashing import remembered_checkpoint_sha256
 
-    def file_hash(uri: str) -> str:
-        return storage.sha256_bytes(storage.read_bytes(uri))
+    def file_hash(uri: str) -> str:  # files, folders and globs alike, streamed
+        return source_sha256(uri)
 
     return {
         "aligned": remembered_checkpoint_sha256(storage.materialize(inputs["aligned"])),
         "base": remembered_checkpoint_sha256(storage.materialize(inputs["base"])),
-        "data": file_hash(inputs["data"]),
+        "data_files": data_files(inputs["data"]),
         "labels": file_hash(inputs["labels"]) if inputs.get("labels") else None,
         "eval": {"harmful": file_hash(inputs["harmful_eval"]),
                  "over_refusal": file_hash(resolve_set(inputs["over_refusal_eval"])),
@@ -189,6 +205,53 @@ def prepare(config: PipelineConfig, run: Run) -> tuple[dict, dict]:
     return inputs, fingerprint(inputs)
 
 
+def champion_seen(run: Run) -> tuple[int | None, set[str]]:
+    """The champion's version and the content hashes of every data file its lineage trained on."""
+    import json
+    import tempfile
+
+    held = registry.champion(run.model_name, tracking_uri=run.tracking_uri)
+    if held is None:
+        return None, set()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = registry.version_artifact(run.model_name, held[0], DATA_FILES, tmp, tracking_uri=run.tracking_uri)
+        record = json.loads(path.read_text()) if path else {}
+    return held[0], set(record.get("seen", []))
+
+
+def select_data(config: PipelineConfig, run: Run, inputs: dict, hashes: dict) -> tuple[dict, dict] | None:
+    """This run's data: every file, or (``data_window`` new) the files the champion's lineage
+    has not trained on; None when nothing is new. ``hashes`` gains what the record needs."""
+    champion, seen = champion_seen(run)
+    files = hashes["data_files"]
+    if config.inputs.data_window == "new":
+        files = [f for f in files if f["sha256"] not in seen]
+        if not files:
+            return None
+        inputs = {**inputs, "data": [f["uri"] for f in files]} if files != hashes["data_files"] else inputs
+    return inputs, {**hashes, "data": content_hash(files), "data_files": files, "data_champion": champion,
+                    "data_seen": sorted(seen | {f["sha256"] for f in files})}
+
+
+def data_record(config: PipelineConfig, hashes: dict) -> dict:
+    """What ``data/files.json`` keeps: exactly which files (and contents) this run trained on."""
+    return {"source": config.inputs.data or "sandbox mixture", "window": config.inputs.data_window,
+            "files": hashes["data_files"], "seen": hashes["data_seen"], "champion_at_start": hashes["data_champion"]}
+
+
+def nothing_new(config: PipelineConfig, run: Run, hashes: dict) -> dict:
+    """The summary of a windowed run that found no new data: nothing trained, nothing registered."""
+    from prefect.artifacts import create_markdown_artifact
+
+    version, _ = champion_seen(run)
+    line = (f"nothing new, nothing trained: the {len(hashes['data_files'])} file(s) of {config.inputs.data or 'the sandbox mixture'} "
+            f"were all in the data of champion v{version} of {run.model_name}")
+    create_markdown_artifact(f"# Nothing new\n\n{line}.\n", key="asft-summary", description="AsFT pipeline summary")
+    print(line)
+    return {"nothing_new": True, "model_name": run.model_name, "model_version": version, "champion_moved": False,
+            "tracking_uri": run.tracking_uri, "artifacts": run.path(), "data_files": len(hashes["data_files"])}
+
+
 def direction(config: PipelineConfig, run: Run, inputs: dict, hashes: dict) -> dict:
     settings = config.direction.model_dump()
     key = jobs.DIRECTION.identity(settings, [hashes["aligned"], hashes["base"]])
@@ -204,9 +267,17 @@ def screening(config: PipelineConfig, run: Run, inputs: dict, hashes: dict) -> d
     return _cached(screen_data, jobs.SCREENING, out)(key, inputs["data"], inputs["labels"], settings, out)
 
 
+def train_settings(config: PipelineConfig) -> dict:
+    """What the pipeline asks of training: every setting as the form and the YAML show it, so
+    a "Quick run" and an unedited "Custom run" train alike. Empty ones are left out: the
+    preset (or the field's default, which for every optional field is None) fills them, and
+    a GPU deployment's schema takes no nulls."""
+    return config.train.model_dump(exclude_none=True)
+
+
 def training(config: PipelineConfig, run: Run, inputs: dict, direction: dict, screening: dict) -> dict:
     """The run's adapter; ``resume``: a retried run continues from its checkpoints."""
-    return train_adapter({**config.train.model_dump(exclude_unset=True), "model": inputs["aligned"],
+    return train_adapter({**train_settings(config), "model": inputs["aligned"],
                           "data": screening["accepted"], "direction": direction["uri"], "out": run.path("adapter"),
                           "resume": True}, config.execution.train_deployment)
 
@@ -232,7 +303,8 @@ def inspection(config: PipelineConfig, run: Run, direction: dict, training: dict
 
 def lineage(training: dict, hashes: dict, direction: dict) -> dict:
     """The tags that say what a model version was made from."""
-    return {"method": training["method"], "data_sha256": hashes["data"], "direction_sha256": direction["direction_sha256"]}
+    return {"method": training["method"], "data_sha256": hashes["data"], "data_files": str(len(hashes["data_files"])),
+            "direction_sha256": direction["direction_sha256"]}
 
 
 def finish_recorded(run: Run, recorded: dict) -> dict:

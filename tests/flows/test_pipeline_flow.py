@@ -9,19 +9,8 @@ import pytest
 
 from asft import registry, storage
 from asft.pipeline_config import PipelineConfig
-from asft.sandbox import write_mixture
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def world(tiny_sandbox, s3_endpoint, prefect_server, tmp_path_factory):
-    """The tiny sandbox with its checkpoints uploaded to S3, and a MLflow store."""
-    for name in ("aligned", "base"):
-        storage.upload_dir(tiny_sandbox[name], f"s3://asft/models/{name}")
-    poisoned = write_mixture(tiny_sandbox["out"], harmful_ratio=0.5)
-    return {"sandbox": tiny_sandbox, "poisoned": poisoned,
-            "tracking_uri": registry.embedded_tracking_uri(tmp_path_factory.mktemp("mlflow"))}
 
 
 def config(world, run_key: str, *, method: str = "asft", data: str | None = None, labels: str | None = None,
