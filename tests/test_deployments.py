@@ -56,6 +56,7 @@ def test_no_machine_path_or_host_name_is_hard_coded(config, deployments):
     for name in ("asft-nightly", "asft-manual"):
         assert deployments[name]["parameters"]["config"]["artifact_root"] == "{{ $ASFT_ARTIFACT_ROOT }}"
         assert "registry" not in deployments[name]["parameters"]["config"]  # MLFLOW_TRACKING_URI decides
+    assert deployments["asft-nightly"]["parameters"]["config"]["inputs"] == {"data_window": "new"}
     text = (DEPLOYMENTS / "prefect.yaml").read_text()
     assert "/opt/asft" not in text.split("definitions:")[1] and "mlflow:5000" not in text and "minio" not in text
     for path in POOLS.glob("*.process.json"):
