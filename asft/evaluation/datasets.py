@@ -62,17 +62,26 @@ def _category(row: dict) -> str:
     return value if isinstance(value, str) and value.strip() else "all"
 
 
+def _prompt(uri, number: int, row: dict) -> Record:
+    """A prompt row: Alpaca fields, or a chat / ShareGPT conversation asked at its last user turn."""
+    if "instruction" in row:
+        return Record(_text_field(uri, number, row, "instruction"), _text_field(uri, number, row, "input"))
+    from asft.data.records import to_record
+
+    try:
+        return to_record(row)
+    except ValueError as exc:
+        raise AsftError(f"{uri}: row {number}: {exc}") from None
+
+
 def load_harmful(uri: str | os.PathLike, limit: int | None = None) -> list[HarmfulPrompt]:
     """The first ``limit`` harmful prompts (all when None), each with its harm category."""
-    rows = read_rows(uri, required=("instruction",))
-    return [HarmfulPrompt(Record(row["instruction"], _text_field(uri, n, row, "input")), _category(row))
-            for n, row in _first(rows, limit)]
+    return [HarmfulPrompt(_prompt(uri, n, row), _category(row)) for n, row in _first(read_rows(uri), limit)]
 
 
 def load_prompts(uri: str | os.PathLike, limit: int | None = None) -> list[Record]:
     """The first ``limit`` prompts of a set that should be answered (over-refusal)."""
-    rows = read_rows(resolve_set(uri), required=("instruction",))
-    return [Record(row["instruction"], _text_field(uri, n, row, "input")) for n, row in _first(rows, limit)]
+    return [_prompt(uri, n, row) for n, row in _first(read_rows(resolve_set(uri)), limit)]
 
 
 def gold_answer(task: str, row: dict, uri, number: int) -> str:

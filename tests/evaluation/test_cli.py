@@ -64,7 +64,7 @@ def _remote_code_checkpoint(folder):
     ("remote_code", "needs custom code from the checkpoint; pass --trust-remote-code"),
     ("empty_prompts", "file is empty"),
     ("malformed_prompts", "bad.jsonl: line 2: invalid JSON"),
-    ("missing_instruction", "bad.jsonl: line 1: missing text field(s) instruction"),
+    ("missing_instruction", "bad.jsonl: row 1: no 'instruction', 'messages', 'conversations' or 'prompt' field (got question)"),
     ("unknown_judge", "--judge 'llm': unknown judge; choose keyword, moderation or guard"),
     ("unknown_task", "--utility: unknown utility task 'mmlu'"),
     ("no_equals", "--utility 'sst2': expected TASK=FILE"),
@@ -87,7 +87,7 @@ def test_bad_input_is_one_error_line_and_exit_2(monkeypatch, capsys, tmp_path, t
         (tmp_path / "bad.jsonl").write_text('{"instruction": "ok"}\n{"instruction": \n')
         harmful = str(tmp_path / "bad.jsonl")
     elif case == "missing_instruction":
-        (tmp_path / "bad.jsonl").write_text('{"prompt": "ok"}\n')
+        (tmp_path / "bad.jsonl").write_text('{"question": "ok"}\n')  # {"prompt": ...} is a prompt/response row
         harmful = str(tmp_path / "bad.jsonl")
     elif case == "unknown_judge":
         extra = ["--judge", "llm"]

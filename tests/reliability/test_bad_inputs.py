@@ -295,7 +295,7 @@ CASES = [
     Case("eval-harmful-latin1", out(*EVAL[:3], "--harmful", "bad/latin1.jsonl"),
          setup=write("latin1.jsonl", '{"instruction": "caf\u00e9"}\n'.encode("latin-1")), match="UTF-8"),
     Case("eval-harmful-no-instruction", out(*EVAL[:3], "--harmful", "bad/rows.jsonl"),
-         setup=write("rows.jsonl", '{"prompt": "a"}\n'), match="instruction"),
+         setup=write("rows.jsonl", '{"question": "a"}\n'), match="no 'instruction', 'messages', 'conversations' or 'prompt' field"),
     Case("eval-utility-no-equals", out(*EVAL[:3], "--utility", "sst2"), match="TASK=FILE"),
     Case("eval-utility-unknown-task", out(*EVAL[:3], "--utility", f"nope={SST2}"), match="nope"),
     Case("eval-utility-bad-regex", out(*EVAL[:3], "--utility", f"regex:(={SST2}")),
