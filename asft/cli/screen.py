@@ -58,6 +58,9 @@ def screen(
     summary = {key: report[key] for key in ("counts", "files", "timing", "reject_reasons")}
     if "quality" in report:
         summary["quality"] = report["quality"]
+    points = [s["operating_point"] for s in report["screener"].get("screeners", [report["screener"]]) if "operating_point" in s]
+    if points:
+        summary["operating_point"] = points[0]
     emit(summary, as_json)
 
 

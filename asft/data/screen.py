@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from asft import storage
 from asft.data.ingest import IngestConfig, IngestStream, Reject, Row
 from asft.data.records import to_row
+from asft.data.review import REVIEW_FILE, Release, ReviewPage, row_id
 from asft.data.report import Labels, quality_of_counts
 from asft.data.screening.base import Screener, combine
 from asft.data.screening.encoder import EncoderConfig
@@ -45,6 +46,8 @@ class ScreenConfig(BaseModel):
     guard_model: str | None = Field(None, description="Llama Guard style checkpoint (for the guard screener).")
     rules_include_output: bool = Field(False, description="Rules screener: also match the answers.")
     labels: str | None = Field(None, description="Ground truth: a {\"harmful_indices\": [...]} JSON file or a boolean column name.")
+    release: str | None = Field(None, description="Rows a reviewer released from quarantine: a file of row ids (one per line, "
+                                "a JSON list, or lines copied from quarantine.jsonl); they are accepted and marked released.")
     chunk_rows: int = Field(2048, ge=1, le=1_000_000, description="Rows read and screened per step (what is held in memory at once; progress granularity).")
     device: str = Field("auto", description="Device for model screeners: auto | cpu | cuda.")
 
@@ -102,6 +105,8 @@ class _Tally:
     quarantine_reasons: Counter = field(default_factory=Counter)
     confusion: Counter = field(default_factory=Counter)  # (harmful, flagged) -> rows
     labelled_harmful_rejected: int = 0
+    review: ReviewPage = field(default_factory=ReviewPage)
+    release: Release | None = None
 
 
 def _screen_chunk(chunk: list[Row | Reject], screener: Screener, labels: Labels | None, tally: _Tally,
@@ -115,8 +120,13 @@ def _screen_chunk(chunk: list[Row | Reject], screener: Screener, labels: Labels 
     for row, result in zip(rows, results, strict=True):
         fields = {**to_row(row.record), "row_index": row.row_index}
         if result.flagged:
-            quarantined.append({**fields, "score": result.score, "reasons": list(result.reasons)})
-            tally.quarantine_reasons.update(reason.split(" (")[0] for reason in result.reasons)
+            flagged = {**fields, "row_id": row_id(to_row(row.record)), "score": result.score, "reasons": list(result.reasons)}
+            if tally.release is not None and tally.release.releases(flagged["row_id"]):
+                accepted.append({**flagged, "released": True})
+            else:
+                quarantined.append(flagged)
+                tally.review.add(flagged)
+                tally.quarantine_reasons.update(reason.split(" (")[0] for reason in result.reasons)
         else:
             accepted.append(fields)
         if labels is not None:
@@ -132,14 +142,15 @@ def run_screen(config: ScreenConfig, screener: Screener | None = None, progress=
     """Screen ``config.data`` into ``config.out`` chunk by chunk (bounded memory whatever the
     source's size), writing the outputs as it goes; returns the report (also written as JSON)."""
     sources = config.data if isinstance(config.data, list) else [config.data]
-    storage.check_output(config.out, "screening", inputs=(*sources, config.labels))
+    storage.check_output(config.out, "screening", inputs=(*sources, config.labels, config.release))
     started = time.perf_counter()
     labels = Labels(config.labels) if config.labels else None
+    release = Release(config.release) if config.release else None
     stream = IngestStream(config.data, config.ingest, config.chunk_rows)
     chunks = stream.chunks()
     first = next(chunks)  # the source is opened and its first rows judged before any model loads
     screener = screener or build_screener(config)
-    tally = _Tally()
+    tally = _Tally(release=release)
     with storage.staged_dir(config.out, "screening") as folder:
         outputs = {name: _Output(Path(folder) / name) for name in OUTPUT_FILES}
         for chunk in itertools.chain([first], chunks):
@@ -157,6 +168,7 @@ def run_screen(config: ScreenConfig, screener: Screener | None = None, progress=
         if labels is not None:
             report["quality"] = {**quality_of_counts(tally.confusion),
                                  "labelled_harmful_rejected": tally.labelled_harmful_rejected}
+        (Path(folder) / REVIEW_FILE).write_text(tally.review.markdown(config.data, report.get("release")))
         (Path(folder) / REPORT_FILE).write_text(json.dumps(report, indent=2, default=str) + "\n")
     return report
 
@@ -171,6 +183,8 @@ def _report(config: ScreenConfig, stream: IngestStream, screener: Screener, tall
         "source": config.data, "format": stream.format, "counts": counts,
         "reject_reasons": dict(stream.reject_reasons),
         "quarantine_reasons": dict(tally.quarantine_reasons.most_common()),
+        "quarantine_categories": dict(tally.review.counts.most_common()),
+        **({"release": tally.release.record()} if tally.release else {}),
         "duplicates": {"groups": len(groups), "rows": sum(len(g) - 1 for g in groups),
                        "row_indices": groups, "policy": config.ingest.duplicates},
         "sha256": {"input": stream.sha256, **digests},
@@ -179,5 +193,5 @@ def _report(config: ScreenConfig, stream: IngestStream, screener: Screener, tall
         "settings": config.model_dump(mode="json", by_alias=True),
         "timing": {"seconds": round(total_seconds, 3), "screening_seconds": round(tally.seconds, 3),
                    "rows_per_second": round(tally.screened / tally.seconds, 1) if tally.seconds > 0 else None},
-        "files": {name.split(".")[0]: storage.join(config.out, name) for name in (*OUTPUT_FILES, REPORT_FILE)},
+        "files": {name.split(".")[0]: storage.join(config.out, name) for name in (*OUTPUT_FILES, REPORT_FILE, REVIEW_FILE)},
     }

@@ -151,6 +151,12 @@ class EncoderConfig(FormModel):
     input_margin: float = Field(0.25, ge=-1.0, le=2.0, description="Zero-shot: the same for the input (material, not a request: wider margin).")
     output_margin: float | None = Field(None, ge=-1.0, le=2.0, description="Zero-shot: also screen the answer with this margin (off by default).")
     threshold: float = Field(0.5, ge=0.0, le=1.0, description="Fitted head: flag when its probability exceeds this.")
+    target_fpr: float = Field(0.03, gt=0.0, lt=1.0, description="With a calibration sample: the share of its benign rows "
+                              "you accept to lose; the threshold (zero-shot: a shift of both margins) follows from it.")
+    calibration: str | None = Field(None, description="Your own labelled sample (any source asft screen reads) to set "
+                                    "the threshold from target_fpr; its labels are calibration_labels.")
+    calibration_labels: str = Field("harmful", description="The calibration sample's labels: a boolean column or a "
+                                    "{\"harmful_indices\": [...]} JSON file.")
     max_tokens: int = Field(128, ge=8, le=512, description="Tokens embedded per field (64 is faster but cut GSM8K-style problems too short: more false positives).")
     batch_size: int = Field(64, ge=1, le=4096, description="Encoder batch size.")
     device: str = Field("cpu", description="cpu | cuda | auto.")
@@ -213,9 +219,33 @@ class EncoderScreener:
         self.harm_labels = [(c, d) for c, ds in HARM_DESCRIPTIONS.items() for d in ds]
         self.harm = self.embed([d for _, d in self.harm_labels])
         self.benign = self.embed(BENIGN_DESCRIPTIONS)
+        self.shift, self.operating_point = 0.0, None  # the flag rule is score > shift
+        if self.config.calibration:
+            self.calibrate(self.config.calibration, self.config.calibration_labels, self.config.target_fpr)
+
+    def calibrate(self, sample: str, labels: str, target_fpr: float) -> dict[str, Any]:
+        """Set the flag threshold so that ``target_fpr`` of the sample's benign rows are flagged
+        (zero-shot: the excess over both margins; head: the probability); returns the operating point."""
+        from asft.data.ingest import IngestConfig, ingest
+        from asft.data.report import load_labels
+        from asft.data.screening.calibration import operating_point, threshold_for_fpr
+
+        data = ingest(sample, IngestConfig(require_output=False))
+        truth = load_labels(labels, data)
+        if not any(not truth[r.row_index] for r in data.rows):
+            raise AsftError(f"calibration sample {sample}: no benign rows (labels {labels}); the threshold is set on "
+                            "benign rows, so give a sample with both kinds")
+        scores = np.array([r.score for r in self.score([row.record for row in data.rows])])
+        harmful = np.array([truth[r.row_index] for r in data.rows])
+        self.shift = threshold_for_fpr(scores[~harmful], target_fpr)
+        self.operating_point = operating_point(self.shift, scores[~harmful], scores[harmful], target_fpr,
+                                               f"{sample} ({len(data.rows)} rows)")
+        return self.operating_point
 
     def describe(self) -> dict[str, Any]:
         info = {"name": self.name, **self.config.model_dump(exclude={"head"})}
+        if self.operating_point:
+            info["operating_point"] = self.operating_point
         if self.head:
             info.update(mode="fitted-head", head=self.config.head, head_model=self.head["model"],
                         head_trained_rows=self.head.get("rows"))
@@ -271,13 +301,14 @@ class EncoderScreener:
             name, _, threshold, _ = record_fields[best]
             category, description = self.harm_labels[found[i, best][1] if (i, best) in found else 0]
             reason = f'encoder:{category}:"{description}" ({name} margin {excess[best] + threshold:+.3f})'
-            results.append(ScreenResult(excess[best] > 0, excess[best], (reason,)))
+            results.append(ScreenResult(excess[best] > self.shift, excess[best], (reason,)))
         return results
 
     def _head_scores(self, records: list[Record]) -> list[ScreenResult]:
         vectors = self.embed([request_text(r) for r in records])
         probs = 1.0 / (1.0 + np.exp(-(vectors @ self.head["weight"] + self.head["bias"])))
-        return [ScreenResult(bool(p > self.config.threshold), float(p), (f"encoder-head:p={p:.3f}",)) for p in probs]
+        threshold = self.shift if self.operating_point else self.config.threshold
+        return [ScreenResult(bool(p > threshold), float(p), (f"encoder-head:p={p:.3f}",)) for p in probs]
 
 
 # --- fitted head ------------------------------------------------------------------------

@@ -1,0 +1,37 @@
+"""Thresholds from a target false-positive rate: the user says how many benign rows they accept
+to lose (default 3 %), the screener's threshold follows from scores on benign rows it did not
+learn from (the user's own labelled sample, or the shipped set's out-of-fold scores)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from asft.statistics import wilson_interval
+
+
+def threshold_for_fpr(benign_scores: np.ndarray, target_fpr: float) -> float:
+    """The smallest threshold ``t`` such that at most ``target_fpr`` of the benign rows score
+    above it (a row is flagged when its score > t)."""
+    scores = np.sort(np.asarray(benign_scores, dtype=np.float64))[::-1]
+    allowed = int(math.floor(target_fpr * len(scores) + 1e-9))
+    return float(scores[min(allowed, len(scores) - 1)])
+
+
+def operating_point(threshold: float, benign_scores: np.ndarray, harmful_scores: np.ndarray | None,
+                    target_fpr: float, calibrated_on: str) -> dict[str, Any]:
+    """What the report prints: the threshold, the FPR it gives on the calibration rows (with its
+    95 % Wilson interval) and, when harmful rows were there too, the recall."""
+    flagged_benign = int((np.asarray(benign_scores) > threshold).sum())
+    low, high = wilson_interval(flagged_benign, len(benign_scores))
+    point = {"threshold": round(threshold, 6), "target_fpr": target_fpr, "calibrated_on": calibrated_on,
+             "benign_rows": len(benign_scores), "fpr": round(flagged_benign / len(benign_scores), 4),
+             "fpr_95ci": [round(low, 4), round(high, 4)]}
+    if harmful_scores is not None and len(harmful_scores):
+        caught = int((np.asarray(harmful_scores) > threshold).sum())
+        low, high = wilson_interval(caught, len(harmful_scores))
+        point.update(harmful_rows=len(harmful_scores), recall=round(caught / len(harmful_scores), 4),
+                     recall_95ci=[round(low, 4), round(high, 4)])
+    return point
