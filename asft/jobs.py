@@ -88,10 +88,11 @@ class Job:
 
 DIRECTION = Job("extract direction", DirectionConfig, inputs=("aligned", "base"), kind="direction",
                 manifest="manifest.json", filled=("aligned_sha256", "base_sha256"))
-SCREENING = Job("screen data", ScreenConfig, inputs=("data", "labels"), kind="screening",
+SCREENING = Job("screen data", ScreenConfig, inputs=("data", "labels", "release"), kind="screening",
                 manifest="screening_report.json")
 TRAINING = Job("train adapter", TrainConfig, inputs=("model", "data", "direction", "adapter"), kind="adapter",
                manifest="train_manifest.json", filled=("resume", "checkpoint_dir"), placement=RESUME_FREE_FIELDS,
                preset_filled=PRESET_FIELDS)
+# A shard (one part of a sharded evaluation) is filled in by the pipeline, which merges them.
 EVALUATION = Job("evaluate", EvalConfig, inputs=("model", "adapter", "harmful", "utility", "over_refusal"),
-                 kind="evaluation", manifest="report.json", placement=("device", "progress"))
+                 kind="evaluation", manifest="report.json", filled=("shard",), placement=("device", "progress"))

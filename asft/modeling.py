@@ -51,17 +51,24 @@ def pick_device(device: str = "auto") -> torch.device:
 
 
 def load_causal_lm(uri: str | os.PathLike, *, dtype: torch.dtype | str = "float32",
-                   device: str = "auto", trust_remote_code: bool = False):
+                   device: str = "auto", trust_remote_code: bool = False, quantization=None):
+    """``quantization``: a transformers ``BitsAndBytesConfig``; the weights are then quantized
+    while loading, straight onto ``device`` (a quantized model cannot be moved afterwards)."""
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     folder = resolve_checkpoint(uri)
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
+    target = pick_device(device)
+    placement = {}
+    if quantization is not None:  # bitsandbytes places the weights itself, on one CUDA device
+        index = torch.cuda.current_device() if target.index is None else target.index
+        placement = {"quantization_config": quantization, "device_map": {"": index}}
     try:
         model = AutoModelForCausalLM.from_pretrained(
             folder, dtype=dtype, local_files_only=True, use_safetensors=True,
-            trust_remote_code=trust_remote_code,
+            trust_remote_code=trust_remote_code, **placement,
         )
     except ValueError as exc:
         if "trust_remote_code" in str(exc):
@@ -73,7 +80,7 @@ def load_causal_lm(uri: str | os.PathLike, *, dtype: torch.dtype | str = "float3
     except (OSError, RuntimeError, KeyError, TypeError, SafetensorError) as exc:  # a corrupt config or weights
         raise AsftError(f"model {uri}: cannot load ({type(exc).__name__}: {first_line(exc)}); "
                         "re-download or re-save the checkpoint (save_pretrained, safe_serialization=True)") from None
-    return model.to(pick_device(device)).eval()
+    return (model if quantization is not None else model.to(target)).eval()
 
 
 def load_tokenizer(uri: str | os.PathLike, *, trust_remote_code: bool = False, padding_side: str = "left"):

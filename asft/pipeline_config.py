@@ -41,6 +41,9 @@ class Inputs(FormModel):
         "all", description="all: every file of the data source; new: only the files the champion's lineage has not "
         "trained on (the partitions that arrived since); with nothing new, nothing is trained.")
     labels: str | None = Field(None, description="Optional ground truth of harmful rows ({'harmful_indices': [...]}) to score the screening.")
+    screening_release: str | None = Field(
+        None, description="Rows a reviewer released from quarantine: a file of row ids (from an earlier run's "
+        "quarantine_review.md or quarantine.jsonl). They are trained on, marked released, and the file is recorded.")
     harmful_eval: str | None = Field(None, description="Harmful prompts for the harmful score. Empty: the sandbox's held-out prompts.")
     utility_eval: dict[str, str] = Field(default_factory=dict, description="Utility sets, task -> file (sst2, agnews, gsm8k, exact). Empty: the sandbox's.")
     over_refusal_eval: str | None = Field(
@@ -70,6 +73,12 @@ class ExecutionSettings(FormModel):
         None, description="Run training as this Prefect deployment (e.g. 'train-on-gpu/asft-train-gpu') on a GPU pool. Empty: in-process.")
     evaluate_deployment: str | None = Field(
         None, description="Run evaluation as this deployment (e.g. 'evaluate-on-gpu/asft-evaluate-gpu'). Empty: in-process.")
+    train_gpus: int = Field(
+        1, ge=1, le=64, description="GPUs per training run. More than 1: data-parallel under torchrun, one process "
+        "per GPU (on the GPU pool the job asks for that many: the num_gpus job variable).")
+    eval_shards: int = Field(
+        1, ge=1, le=256, description="Split each evaluation into this many prompt shards, run at once (one "
+        "evaluate_deployment run each on the GPU pool, else in-process tasks) and merged into one report.")
     manual_approval: bool = Field(False, description="Ask a reviewer in the Prefect UI before promotion; a \"no\" or no answer fails the gate.")
     approval_timeout_s: int = Field(3600, ge=1, description="How long to wait for a reviewer; no answer by then fails the gate.")
 
@@ -122,7 +131,7 @@ def preflight(config: PipelineConfig) -> None:
 
     from asft.data.sources import resolve
 
-    files = ("aligned", "base", "labels", "harmful_eval", "over_refusal_eval")
+    files = ("aligned", "base", "labels", "screening_release", "harmful_eval", "over_refusal_eval")
     given = {f"inputs.{name}": getattr(config.inputs, name) for name in files}
     given.update({f"inputs.utility_eval.{task}": uri for task, uri in config.inputs.utility_eval.items()})
     for field, uri in given.items():

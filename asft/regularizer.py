@@ -24,7 +24,14 @@ of rows gets its own anchor built from its rows of V, as if it were a module of 
 (``(B A)[rows] = B[rows] A``); rows in no block are mapped to themselves, so the penalty
 ignores them and a Safe LoRA projection keeps them.
 
-Everything is computed in float32 (float64 if A is float64) whatever the model's dtype.
+Everything is computed in float32 (float64 if A is float64) whatever the model's dtype, but
+the two anchor products may be asked for in bf16 (``compute_dtype``; a GPU accumulates them in
+float32): the (r, r) sums stay float32.
+
+Batched (``group_anchors``): modules whose kept V have one shape (every q_proj of a model, say)
+are stacked once into a (G, out, k) tensor (each anchor then holds a view of it, so V is not
+kept twice) and their penalties are one batched product: one kernel per shape instead of one
+per module, the same value.
 """
 
 from __future__ import annotations
@@ -60,11 +67,20 @@ class _AnchorProduct(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (V,) = ctx.saved_tensors
-        return _anchor_product(grad, V, ctx.norm), None, None
+        # a stacked group's (G, 1, 1) float32 norm promotes a bf16 product: the gradient comes back float32
+        return _anchor_product(grad.to(V.dtype), V, ctx.norm).to(grad.dtype), None, None
 
 
 def _anchor_product(M: torch.Tensor, V: torch.Tensor, norm: float | torch.Tensor) -> torch.Tensor:
-    return (((M.T @ V) @ V.T) / norm).T.contiguous()
+    # .mT: the same expression for one module (2-D) and a stacked group (3-D, norm (G, 1, 1))
+    return (((M.mT @ V) @ V.mT) / norm).mT.contiguous()
+
+
+def _computed_in(X: torch.Tensor, V: torch.Tensor, norm, dtype: torch.dtype | None) -> torch.Tensor:
+    """C X in ``dtype`` (None: X's), returned in X's dtype."""
+    if dtype is None or dtype == X.dtype:
+        return apply_anchor(X, V.to(X.dtype), norm)
+    return apply_anchor(X.to(dtype), V.to(dtype), norm).to(X.dtype)
 
 
 def top_k_projector(V: torch.Tensor, k: int) -> torch.Tensor:
@@ -112,8 +128,7 @@ class Anchor(ABC):
         dtype = torch.float64 if A.dtype == torch.float64 else torch.float32
         A, B = A.to(dtype), B.to(dtype)
         X = B - self.apply(B)
-        penalty = ((X.T @ X) * (A @ A.T)).sum()
-        return penalty if scaling is None else penalty * (scaling * scaling)
+        return _scaled(((X.T @ X) * (A @ A.T)).sum(), scaling)
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
         """What the anchor keeps on the device (for memory accounting)."""
@@ -126,9 +141,13 @@ class DirectionAnchor(Anchor):
 
     V: torch.Tensor
     norm: torch.Tensor
+    compute_dtype: torch.dtype | None = None  # of the two products; None: float32
 
     def apply(self, X: torch.Tensor) -> torch.Tensor:
-        return apply_anchor(X, self.V.to(X.dtype), self.norm)
+        return _computed_in(X, self.V, self.norm, self.compute_dtype)
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return self.V, self.norm
 
 
 @dataclass
@@ -136,9 +155,13 @@ class ProjectorAnchor(Anchor):
     """The true orthogonal projector ``P = U U^T`` on V's top-k left singular vectors."""
 
     U: torch.Tensor
+    compute_dtype: torch.dtype | None = None
 
     def apply(self, X: torch.Tensor) -> torch.Tensor:
-        return apply_anchor(X, self.U.to(X.dtype), 1.0)
+        return _computed_in(X, self.U, 1.0, self.compute_dtype)
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return (self.U,)
 
 
 @dataclass
@@ -158,31 +181,91 @@ class RowBlockAnchor(Anchor):
         return tuple(t for rows, anchor in self.blocks for t in (rows, *anchor.tensors()))
 
 
-def _matrix_anchor(V: torch.Tensor, kind: AnchorKind, top_k: int, rank: int | None) -> Anchor:
+def _scaled(penalty: torch.Tensor, scaling: float | None) -> torch.Tensor:
+    return penalty if scaling is None else penalty * (scaling * scaling)
+
+
+def _matrix_anchor(V: torch.Tensor, kind: AnchorKind, top_k: int, rank: int | None,
+                   compute_dtype: torch.dtype | None) -> Anchor:
     if kind == "fro":
         kept = V if rank is None else low_rank_factor(V, rank)
-        return DirectionAnchor(kept, torch.linalg.matrix_norm(V if V.dtype == torch.float64 else V.float()))
+        norm = torch.linalg.matrix_norm(V if V.dtype == torch.float64 else V.float())
+        return DirectionAnchor(kept, norm, compute_dtype)
     if kind == "projector":
-        return ProjectorAnchor(top_k_projector(V, min(top_k, min(V.shape))))
+        return ProjectorAnchor(top_k_projector(V, min(top_k, min(V.shape))), compute_dtype)
     raise ValueError(f"unknown anchor kind {kind!r}; choose fro or projector")
 
 
 def build_anchors(vectors: dict[str, torch.Tensor], kind: AnchorKind = "fro", top_k: int = 8,
-                  rank: int | None = None, row_blocks: dict[str, list[torch.Tensor]] | None = None
-                  ) -> dict[str, Anchor]:
+                  rank: int | None = None, row_blocks: dict[str, list[torch.Tensor]] | None = None,
+                  compute_dtype: torch.dtype | None = None) -> dict[str, Anchor]:
     """Per-module anchors from alignment directions (already on the training device).
 
     ``fro``: the paper's C = V V^T / ||V||_F (V is kept, in its stored dtype; the norm in
     float32, float64 for float64 V); with ``rank`` only the low-rank factor L (out, rank) is kept instead of V.
     ``projector``: only U_k is kept. Either way V can be freed afterwards.
     ``row_blocks``: for these modules, one anchor per block of rows (``RowBlockAnchor``).
+    ``compute_dtype``: the dtype of the anchor products (None: float32).
     """
     anchors = {}
     for name, V in vectors.items():
         blocks = (row_blocks or {}).get(name)
         if blocks is None:
-            anchors[name] = _matrix_anchor(V, kind, top_k, rank)
+            anchors[name] = _matrix_anchor(V, kind, top_k, rank, compute_dtype)
         else:
             blocks = [rows.to(V.device) for rows in blocks]
-            anchors[name] = RowBlockAnchor([(rows, _matrix_anchor(V[rows], kind, top_k, rank)) for rows in blocks])
+            anchors[name] = RowBlockAnchor([(rows, _matrix_anchor(V[rows], kind, top_k, rank, compute_dtype))
+                                            for rows in blocks])
     return anchors
+
+
+@dataclass
+class AnchorGroup:
+    """Same-shaped direction/projector anchors as one stacked (G, out, k) tensor."""
+
+    names: list[str]
+    V: torch.Tensor  # (G, out, k)
+    norm: torch.Tensor  # (G, 1, 1)
+    compute_dtype: torch.dtype | None
+
+    def penalty(self, factors: list[tuple[torch.Tensor, torch.Tensor]], scaling: float | None = None) -> torch.Tensor:
+        """Sum over the group of ``||(I - M) s B A||_F^2``; ``factors`` (A, B) in ``names`` order."""
+        dtype = torch.float64 if factors[0][0].dtype == torch.float64 else torch.float32
+        A = torch.stack([a for a, _ in factors]).to(dtype)  # (G, r, in)
+        B = torch.stack([b for _, b in factors]).to(dtype)  # (G, out, r)
+        X = B - _computed_in(B, self.V, self.norm, self.compute_dtype)
+        return _scaled(((X.mT @ X) * (A @ A.mT)).sum(), scaling)
+
+
+def _group_key(anchor: Anchor):
+    if isinstance(anchor, (DirectionAnchor, ProjectorAnchor)):
+        kept = anchor.V if isinstance(anchor, DirectionAnchor) else anchor.U
+        return type(anchor), tuple(kept.shape), kept.dtype, kept.device, anchor.compute_dtype
+    return None  # row blocks stay per module
+
+
+def group_anchors(anchors: dict[str, Anchor]) -> tuple[list[AnchorGroup], list[str]]:
+    """The batched groups of ``anchors`` (two or more same-shaped ones) and the names left per module.
+
+    Each grouped anchor's tensor is replaced by a view of its group's stack, so V is held once."""
+    by_key: dict = {}
+    for name, anchor in anchors.items():
+        by_key.setdefault(_group_key(anchor), []).append(name)
+    groups, single = [], list(by_key.pop(None, []))
+    for names in by_key.values():
+        if len(names) == 1:
+            single += names
+            continue
+        members = [anchors[n] for n in names]
+        if isinstance(members[0], DirectionAnchor):
+            stack = torch.stack([a.V for a in members])
+            norm = torch.stack([a.norm for a in members]).reshape(-1, 1, 1)
+            for i, anchor in enumerate(members):
+                anchor.V = stack[i]
+        else:
+            stack = torch.stack([a.U for a in members])
+            norm = torch.ones(len(members), 1, 1, device=stack.device)
+            for i, anchor in enumerate(members):
+                anchor.U = stack[i]
+        groups.append(AnchorGroup(names, stack, norm, members[0].compute_dtype))
+    return groups, single

@@ -30,13 +30,18 @@ def environment(device) -> dict:
             "python": platform.python_version(), "threads": torch.get_num_threads()}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+def add_size_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every benchmark command shares: ``--quick | --tiny``, ``--json``, ``--device``."""
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="smaller shapes, a few minutes on 2 CPU cores")
     size.add_argument("--tiny", action="store_true", help="tiny shapes: checks the code runs (tests), figures meaningless")
     parser.add_argument("--json", action="store_true", help="print the JSON only")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available) | cpu | cuda")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    add_size_arguments(parser)
     parser.add_argument("--sandbox", default=None, help="a built sandbox folder for the generation benchmark")
     parser.add_argument("--only", default=",".join(BENCHMARKS), help=f"comma-separated subset of {','.join(BENCHMARKS)}")
     parser.add_argument("--out", default=None, help="also write the JSON to this file")

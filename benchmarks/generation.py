@@ -11,6 +11,7 @@ tokenizer (no build), enough to keep the code path honest.
 from __future__ import annotations
 
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -87,3 +88,67 @@ def run(mode: str, device: torch.device, sandbox: str | None = None) -> dict:
                 "model_params": params},
         model=source, dtype=dtype, device=str(device), repeats=s["repeats"], warmup=s["warmup"],
         order="interleaved batched, sequential")
+
+
+ENGINE_SHAPES = {"tiny": dict(prompts=4, new_tokens=4, batch=4), "full": dict(prompts=256, new_tokens=128, batch=256)}
+
+
+def engines(model: str, mode: str, device: torch.device) -> dict:
+    """``vllm_over_hf_generation``: new tokens per second of the evaluator's two engines
+    (``EvalConfig.engine`` hf and vllm: the same prompt ids, greedy, the same stop tokens) on
+    one checkpoint, model loading left out; and how many answers the engines agree on.
+    Without vllm (or a GPU) the vLLM arm records the evaluator's own error line."""
+    from asft.errors import AsftError
+    from asft.evaluation import EvalConfig
+    from asft.evaluation.evaluate import hf_answers
+    from asft.templates import Record
+
+    s = ENGINE_SHAPES[mode]
+    words = "how do I bake bread paint a window fix a bike write a poem about the sea".split()
+    records = [Record(" ".join(words[(i + k) % len(words)] for k in range(4 + i % 9)) + "?", "")
+               for i in range(s["prompts"])]
+    with tempfile.TemporaryDirectory(prefix="asft-bench-engines-") as tmp:
+        config = EvalConfig(model=model, harmful="unused", out=tmp, template="alpaca", system_prompt="",
+                            max_new_tokens=s["new_tokens"], batch_size=s["batch"], device=str(device.type),
+                            progress=False)
+        rates, answers, error = {}, {}, None
+
+        def measure(name: str, engine) -> None:
+            start = time.perf_counter()
+            answers[name], _, tokens, _, load_s = engine(config.model_copy(update={"engine": name}), records,
+                                                         lambda: None)
+            rates[name] = tokens / (time.perf_counter() - start - load_s)
+
+        measure("hf", hf_answers)
+        try:
+            from asft.evaluation.vllm_backend import check_vllm, vllm_answers
+
+            check_vllm(config.device)
+            measure("vllm", vllm_answers)
+        except AsftError as exc:
+            error = str(exc)
+    details = dict(tokens_per_s={k: round(v, 1) for k, v in rates.items()}, vllm_error=error,
+                   answers_identical=sum(a == b for a, b in zip(answers["hf"], answers["vllm"])) if error is None else None,
+                   prompts=s["prompts"], max_new_tokens=s["new_tokens"], batch_size=s["batch"], model=model,
+                   device=str(device))
+    if error is not None:
+        return {"name": "vllm_over_hf_generation", "ratio": None, "target": None, "met": None, **details}
+    return result("vllm_over_hf_generation", rates["vllm"] / rates["hf"], None, None, **details)
+
+
+if __name__ == "__main__":  # python -m benchmarks.generation engines MODEL [--tiny] [--device cuda] [--out FILE]
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.generation")
+    parser.add_argument("what", choices=["engines"])
+    parser.add_argument("model", help="a checkpoint folder")
+    parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    record = engines(args.model, "tiny" if args.tiny else "full", torch.device(args.device))
+    text = json.dumps(record)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    print(text)

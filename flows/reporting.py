@@ -49,6 +49,8 @@ def log_run(run_id: str, run, *, data: dict, direction: dict, screening: dict, t
     registry.log_artifacts(run_id, adapter, "adapter", tracking_uri=uri)
     registry.log_artifacts(run_id, direction["uri"] + "/manifest.json", "manifests", tracking_uri=uri)
     registry.log_artifacts(run_id, screening["report_uri"], "screening", tracking_uri=uri)
+    if screening.get("review_uri"):  # runs screened before the review page existed have none
+        registry.log_artifacts(run_id, screening["review_uri"], "screening", tracking_uri=uri)
     registry.log_artifacts(run_id, run.path("evaluation"), "evaluation", tracking_uri=uri)
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "files.json").write_text(json.dumps(data, indent=2) + "\n")
@@ -105,7 +107,9 @@ def _summary_markdown(summary: dict, before: dict, after: dict, screening: dict,
         f"- method: **{summary['method']}**, model `{summary['model_name']}` version {summary['model_version']}"
         f"{' (new champion)' if summary['champion_moved'] else ''}",
         f"- data: {counts['input']} rows -> {counts['accepted']} accepted, {counts['quarantined']} quarantined, "
-        f"{counts['rejected']} rejected",
+        f"{counts['rejected']} rejected"
+        + (f", {counts['released']} released by a reviewer" if counts.get("released") else "")
+        + " (quarantine: the quarantine-review artifact)",
         "",
         "| | harmful score % (95% CI) | over-refusal % | " + " | ".join(f"{t} %" for t in tasks) + " |",
         "|---|---|---|" + "---|" * len(tasks),

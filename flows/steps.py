@@ -12,8 +12,8 @@ flow calls: each names its location and its task, so the flow reads like the dia
 from __future__ import annotations
 
 from dataclasses import dataclass
-from prefect import task
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect import task, unmapped
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.deployments import run_deployment
 
 from asft import jobs, registry, storage
@@ -92,6 +92,7 @@ def fingerprint(inputs: dict) -> dict:
         "base": remembered_checkpoint_sha256(storage.materialize(inputs["base"])),
         "data_files": data_files(inputs["data"]),
         "labels": file_hash(inputs["labels"]) if inputs.get("labels") else None,
+        "release": file_hash(inputs["screening_release"]) if inputs.get("screening_release") else None,
         "eval": {"harmful": file_hash(inputs["harmful_eval"]),
                  "over_refusal": file_hash(resolve_set(inputs["over_refusal_eval"])),
                  **{task: file_hash(uri) for task, uri in sorted(inputs["utility_eval"].items())}},
@@ -112,6 +113,7 @@ def resolve_inputs(inputs: dict, sandbox: dict, sandbox_out: str) -> dict:
         "base": inputs["base"] or world["base"],
         "data": inputs["data"] or world["finetune"],
         "labels": inputs["labels"] or (world["finetune_labels"] if data_from_sandbox else None),
+        "screening_release": inputs.get("screening_release"),
         "harmful_eval": inputs["harmful_eval"] or world["harmful_eval"],
         "utility_eval": inputs["utility_eval"] or world["utility_eval"],
         "over_refusal_eval": inputs["over_refusal_eval"] or world["benign_eval"],
@@ -132,19 +134,28 @@ def extract_direction(key: str, aligned: str, base: str, settings: dict, out: st
 
 
 @task(name="screen data", **IO_RETRIES, **CACHED)
-def screen_data(key: str, data: str, labels: str | None, settings: dict, out: str) -> dict:
-    """Ingest and screen the data; training only ever sees the accepted rows."""
+def screen_data(key: str, data: str, labels: str | None, release: str | None, settings: dict, out: str) -> dict:
+    """Ingest and screen the data; training only ever sees the accepted rows (and the ones a
+    reviewer released). The quarantine's review page becomes a Prefect artifact."""
     from asft.data.screen import ScreenConfig, run_screen
 
-    report = run_screen(ScreenConfig(data=data, out=out, labels=labels, **settings))
+    report = run_screen(ScreenConfig(data=data, out=out, labels=labels, release=release, **settings))
+    create_markdown_artifact(storage.read_text(report["files"]["quarantine_review"]), key="quarantine-review",
+                             description="Quarantined rows by category and score, with their row ids to release")
     quality = {k: report["quality"][k] for k in ("precision", "recall", "false_positive_rate")} if "quality" in report else {}
+    released = {"released": report["release"]["released_rows"]} if "release" in report else {}
     return {"accepted": report["files"]["accepted"], "report_uri": report["files"]["screening_report"],
-            "counts": {**report["counts"], **quality}, "sha256": report["sha256"]}
+            "review_uri": report["files"]["quarantine_review"],
+            "counts": {**report["counts"], **released, **quality}, "sha256": report["sha256"]}
 
 
-def run_remotely(deployment: str, config: dict, job: jobs.Job) -> dict:
-    """Run a step as its own deployment (a GPU work pool) and read back its manifest."""
-    run = run_deployment(deployment, parameters={"config": config}, timeout=None)
+def run_remotely(deployment: str, config: dict, job: jobs.Job, num_gpus: int = 1) -> dict:
+    """Run a step as its own deployment (a GPU work pool) and read back its manifest. More
+    than one GPU: the flow gets ``num_gpus`` and the job asks the pool for as many (the
+    ``num_gpus`` job variable of the docker and kubernetes templates)."""
+    more = dict(parameters={"config": config, "num_gpus": num_gpus}, job_variables={"num_gpus": num_gpus}) \
+        if num_gpus > 1 else dict(parameters={"config": config})
+    run = run_deployment(deployment, timeout=None, **more)
     if not run.state or not run.state.is_completed():
         raise RuntimeError(f"deployment {deployment} ended {run.state.name if run.state else 'without a state'}; "
                            "see that flow run's logs in the Prefect UI")
@@ -152,16 +163,20 @@ def run_remotely(deployment: str, config: dict, job: jobs.Job) -> dict:
 
 
 @task(name="train adapter")
-def train_adapter(config: dict, deployment: str | None) -> dict:
-    """Train in-process (with a progress artifact) or as a deployment on a GPU work pool."""
+def train_adapter(config: dict, deployment: str | None, num_gpus: int = 1) -> dict:
+    """Train in-process (with a progress artifact), under torchrun here (``num_gpus`` > 1) or
+    as a deployment on a GPU work pool."""
     from asft.training import TrainConfig, train
     from asft.training.trainer import previous_result
+    from flows.gpu import train_on_gpus
 
     done = previous_result(TrainConfig.model_validate(config))
     if done is not None:  # a retry of this pipeline run: the adapter it trained is complete
         return done
     if deployment:
-        return {"adapter": config["out"], **run_remotely(deployment, config, jobs.TRAINING)}
+        return {"adapter": config["out"], **run_remotely(deployment, config, jobs.TRAINING, num_gpus)}
+    if num_gpus > 1:
+        return train_on_gpus(TrainConfig.model_validate(config), num_gpus)
     progress_id = create_progress_artifact(0.0, key="training-progress", description="AsFT training progress")
     shown = [0.0]
 
@@ -174,8 +189,9 @@ def train_adapter(config: dict, deployment: str | None) -> dict:
     return train(TrainConfig.model_validate(config), on_step=on_step)
 
 
-@task(name="evaluate")
-def evaluate(config: dict, deployment: str | None) -> dict:
+@task(name="evaluate shard")
+def evaluate_shard(config: dict, deployment: str | None) -> dict:
+    """One evaluation, or one shard of it (``config['shard']``), in-process or as a deployment run."""
     from asft.evaluation import EvalConfig
     from asft.evaluation import evaluate as run_eval
 
@@ -184,10 +200,28 @@ def evaluate(config: dict, deployment: str | None) -> dict:
     return run_eval(EvalConfig.model_validate(config))
 
 
+@task(name="evaluate")
+def evaluate(config: dict, deployment: str | None, shards: int = 1) -> dict:
+    """One evaluation; ``shards`` > 1: a map over prompt shards (each a deployment run on the
+    GPU pool, or an in-process task), merged into the one report the whole evaluation writes."""
+    from asft.evaluation import EvalConfig
+    from asft.evaluation.shards import merge_shards, shard_outputs
+
+    if shards == 1:
+        return evaluate_shard.fn(config, deployment)
+    outs = shard_outputs(config["out"], shards)
+    parts = evaluate_shard.map([{**config, "shard": shard, "out": out} for shard, out in outs.items()],
+                               unmapped(deployment))
+    for part in parts:
+        part.result()  # the first failed shard fails the evaluation, with its error
+    return merge_shards(EvalConfig.model_validate(config), list(outs.values()))
+
+
 @task(name="evaluate aligned model", **CACHED)
-def evaluate_baseline(key: str, config: dict, deployment: str | None) -> dict:
-    """The aligned model's own scores: the 'before' of the report, cached by content."""
-    return evaluate.fn(config, deployment)
+def evaluate_baseline(key: str, config: dict, deployment: str | None, shards: int = 1) -> dict:
+    """The aligned model's own scores: the 'before' of the report, cached by content (a
+    sharded evaluation merges into the same report, so ``shards`` is not in the key)."""
+    return evaluate.fn(config, deployment, shards)
 
 
 @task(name="inspect update")
@@ -241,8 +275,6 @@ def data_record(config: PipelineConfig, hashes: dict) -> dict:
 
 def nothing_new(config: PipelineConfig, run: Run, hashes: dict) -> dict:
     """The summary of a windowed run that found no new data: nothing trained, nothing registered."""
-    from prefect.artifacts import create_markdown_artifact
-
     version, _ = champion_seen(run)
     line = (f"nothing new, nothing trained: the {len(hashes['data_files'])} file(s) of {config.inputs.data or 'the sandbox mixture'} "
             f"were all in the data of champion v{version} of {run.model_name}")
@@ -262,9 +294,11 @@ def direction(config: PipelineConfig, run: Run, inputs: dict, hashes: dict) -> d
 
 def screening(config: PipelineConfig, run: Run, inputs: dict, hashes: dict) -> dict:
     settings = config.screening.model_dump(by_alias=True)
-    key = jobs.SCREENING.identity(settings, [hashes["data"], hashes["labels"]])
+    content = [hashes["data"], hashes["labels"]] + ([hashes["release"]] if hashes.get("release") else [])
+    key = jobs.SCREENING.identity(settings, content)
     out = storage.join(run.root, "screening", key)
-    return _cached(screen_data, jobs.SCREENING, out)(key, inputs["data"], inputs["labels"], settings, out)
+    return _cached(screen_data, jobs.SCREENING, out)(key, inputs["data"], inputs["labels"],
+                                                     inputs.get("screening_release"), settings, out)
 
 
 def train_settings(config: PipelineConfig) -> dict:
@@ -279,7 +313,7 @@ def training(config: PipelineConfig, run: Run, inputs: dict, direction: dict, sc
     """The run's adapter; ``resume``: a retried run continues from its checkpoints."""
     return train_adapter({**train_settings(config), "model": inputs["aligned"],
                           "data": screening["accepted"], "direction": direction["uri"], "out": run.path("adapter"),
-                          "resume": True}, config.execution.train_deployment)
+                          "resume": True}, config.execution.train_deployment, config.execution.train_gpus)
 
 
 def evaluations(config: PipelineConfig, run: Run, inputs: dict, hashes: dict, training: dict) -> tuple[dict, dict]:
@@ -287,11 +321,11 @@ def evaluations(config: PipelineConfig, run: Run, inputs: dict, hashes: dict, tr
     settings = {**config.evaluation.model_dump(exclude_unset=True), "model": inputs["aligned"],
                 "harmful": inputs["harmful_eval"], "utility": inputs["utility_eval"],
                 "over_refusal": inputs["over_refusal_eval"]}
-    deployment = config.execution.evaluate_deployment
+    deployment, shards = config.execution.evaluate_deployment, config.execution.eval_shards
     key = jobs.EVALUATION.identity(settings, [hashes["aligned"], hashes["eval"]])  # content, never the paths
     out = storage.join(run.root, "baselines", key)
-    before = _cached(evaluate_baseline, jobs.EVALUATION, out)(key, {**settings, "out": out}, deployment)
-    after = evaluate({**settings, "adapter": training["adapter"], "out": run.path("evaluation")}, deployment)
+    before = _cached(evaluate_baseline, jobs.EVALUATION, out)(key, {**settings, "out": out}, deployment, shards)
+    after = evaluate({**settings, "adapter": training["adapter"], "out": run.path("evaluation")}, deployment, shards)
     return before, after
 
 

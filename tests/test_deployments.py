@@ -49,6 +49,17 @@ def test_entrypoints_and_pools(deployments):
     assert not any("SECRET" in key or "PASSWORD" in key for key in gpu_env)
 
 
+def test_the_gpu_job_variables_are_what_the_gpu_templates_declare(deployments):
+    """num_gpus (what a multi-GPU run overrides) is a variable of both container templates, with
+    the bounds the deployment's default meets."""
+    variables = deployments["asft-train-gpu"]["work_pool"]["job_variables"]
+    for name in ("asft-gpu-docker.docker.json", "asft-gpu-k8s.kubernetes.json"):
+        declared = json.loads((POOLS / name).read_text())["variables"]["properties"]
+        assert declared["num_gpus"]["type"] == "integer" and declared["num_gpus"]["default"] == 1
+        assert variables["num_gpus"] >= declared["num_gpus"]["minimum"]
+        assert "gpu_count" not in declared
+
+
 def test_no_machine_path_or_host_name_is_hard_coded(config, deployments):
     """Code location, services and artefact root are variables, read at deploy time."""
     (pull,) = config["pull"]
@@ -139,13 +150,15 @@ def test_docker_template_requests_gpus_in_a_form_docker_accepts():
     host = HostConfig(version="1.41", device_requests=kwargs["device_requests"], shm_size=kwargs["shm_size"])
     assert host["DeviceRequests"] == [{"Driver": "nvidia", "Count": 1, "DeviceIDs": [], "Capabilities": [["gpu"]], "Options": {}}]
     assert host["ShmSize"] == 16 * 1024**3
-    assert _render(template, {"gpu_count": -1})["container_create_kwargs"]["device_requests"][0]["count"] == -1
+    assert _render(template, {"num_gpus": -1})["container_create_kwargs"]["device_requests"][0]["count"] == -1
     assert job["networks"] == ["asft"] and ":latest" not in job["image"]
+    two = _render(template, {"num_gpus": 2})["container_create_kwargs"]["device_requests"]
+    assert HostConfig(version="1.41", device_requests=two)["DeviceRequests"][0]["Count"] == 2
 
 
 def test_kubernetes_template_asks_for_nvidia_gpus():
     template = json.loads((POOLS / "asft-gpu-k8s.kubernetes.json").read_text())
-    job = _render(template, {"gpu_count": 2, "node_selector": {"gpu": "h100"}})
+    job = _render(template, {"num_gpus": 2, "node_selector": {"gpu": "h100"}})
     manifest = job["job_manifest"]
     assert manifest["kind"] == "Job" and manifest["apiVersion"] == "batch/v1"
     pod = manifest["spec"]["template"]["spec"]
@@ -169,7 +182,7 @@ def test_flow_parameter_schemas_build_when_the_flows_exist(deployments):
     for deployment in present:
         flow = load_flow_from_entrypoint(str(ROOT / deployment["entrypoint"]))
         schema = parameter_schema(flow.fn).model_dump_for_openapi()
-        assert list(schema["properties"]) == ["config"]
+        assert list(schema["properties"]) == (["config", "num_gpus"] if flow.fn.__name__ == "train_on_gpu" else ["config"])
         models = schema["definitions"]
         expected = {"asft_pipeline": {"PipelineConfig", "TrainSettings", "ScreenSettings", "GateConfig"},
                     "train_on_gpu": {"TrainConfig"}, "evaluate_on_gpu": {"EvalConfig", "JudgeConfig"}}

@@ -176,3 +176,72 @@ def test_row_block_anchor_penalises_each_block_with_its_own_C_and_ignores_the_ot
     q = layout.rows("q")
     torch.testing.assert_close(projected[q], V[q] @ (V[q].T @ B.detach()[q]) / torch.linalg.matrix_norm(V[q]))
     assert sorted(torch.cat([layout.rows(b) for b in "qkv"]).tolist()) == list(range(layout.rows_total))
+
+
+def _grouped_world(dtype=torch.float32):
+    """Five modules: three (24, 16), two (8, 16), and a row-block one that stays per module."""
+    from asft.regularizer import build_anchors
+
+    shapes = [(24, 16), (24, 16), (8, 16), (24, 16), (8, 16)]
+    modules = {f"m{i}": random_module(out, inp, seed=i, dtype=dtype) for i, (out, inp) in enumerate(shapes)}
+    anchors = build_anchors({n: V for n, (_, _, V) in modules.items()})
+    A, B, V = random_module(12, 16, seed=9, dtype=dtype)
+    anchors.update(build_anchors({"rows": V}, row_blocks={"rows": [torch.arange(0, 4), torch.arange(8, 12)]}))
+    modules["rows"] = (A, B, V)
+    factors = {n: (A.clone().requires_grad_(), B.clone().requires_grad_()) for n, (A, B, _) in modules.items()}
+    return anchors, factors
+
+
+@pytest.mark.parametrize("scaling", [None, 4.0])
+def test_batched_penalty_of_same_shaped_modules_equals_the_per_module_penalties(scaling):
+    from asft.regularizer import group_anchors
+
+    anchors, factors = _grouped_world()
+    reference = sum(anchors[n].penalty(A, B, scaling) for n, (A, B) in factors.items())
+    expected = torch.autograd.grad(reference, [t for pair in factors.values() for t in pair])
+
+    groups, single = group_anchors(anchors)
+    assert sorted(sorted(g.names) for g in groups) == [["m0", "m1", "m3"], ["m2", "m4"]] and single == ["rows"]
+    assert groups[0].V.shape == (3, 24, 16)
+    for group in groups:  # V is held once: every grouped anchor is a view of its group's stack
+        assert all(anchors[n].V.untyped_storage().data_ptr() == group.V.untyped_storage().data_ptr()
+                   for n in group.names)
+    batched = sum(g.penalty([factors[n] for n in g.names], scaling) for g in groups) + \
+        sum(anchors[n].penalty(*factors[n], scaling) for n in single)
+    got = torch.autograd.grad(batched, [t for pair in factors.values() for t in pair])
+    torch.testing.assert_close(batched, reference, rtol=1e-5, atol=0)
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_anchor_products_stay_close_to_float32_and_keep_a_float32_penalty():
+    from asft.regularizer import build_anchors
+
+    A, B, V = random_module(64, 48, r=8, seed=3, dtype=torch.float32)
+    B = B.requires_grad_()
+    exact = build_anchors({"m": V})["m"].penalty(A, B)
+    fast = build_anchors({"m": V}, compute_dtype=torch.bfloat16)["m"].penalty(A, B)
+    assert fast.dtype == torch.float32
+    error = abs(fast.item() - exact.item()) / exact.item()
+    assert 0 < error < 1e-2  # bf16 was used (not bitwise float32), and it costs well under 1 %
+    (gradient,) = torch.autograd.grad(fast, B)
+    (reference,) = torch.autograd.grad(exact, B)
+    assert gradient.dtype == torch.float32
+    assert torch.linalg.matrix_norm(gradient - reference) / torch.linalg.matrix_norm(reference) < 1e-2
+
+
+def test_bf16_batched_penalty_has_float32_gradients_close_to_the_exact_ones():
+    """A stacked group's float32 norm promotes its bf16 products: the backward pass must cast back."""
+    from asft.regularizer import build_anchors, group_anchors
+
+    modules = [random_module(24, 16, r=4, seed=10 + i, dtype=torch.float32) for i in range(3)]
+    vectors = {f"m{i}": V for i, (_, _, V) in enumerate(modules)}
+    factors = [(A, B.requires_grad_()) for A, B, _ in modules]
+    exact = sum(a.penalty(A, B) for a, (A, B) in zip(build_anchors(vectors).values(), factors))
+    (group,), _ = group_anchors(build_anchors(vectors, compute_dtype=torch.bfloat16))
+    fast = group.penalty(factors)
+    assert fast.dtype == torch.float32 and abs(fast.item() - exact.item()) / exact.item() < 1e-2
+    got = torch.autograd.grad(fast, [B for _, B in factors])
+    expected = torch.autograd.grad(exact, [B for _, B in factors])
+    for g, e in zip(got, expected, strict=True):
+        assert g.dtype == torch.float32 and torch.linalg.matrix_norm(g - e) / torch.linalg.matrix_norm(e) < 2e-2

@@ -38,3 +38,19 @@ def evaluate_command(
 
     extra = {"utility": ("--utility", parse_utility(utility))} if utility else {}
     emit(evaluate(config_args.build(ctx, extra)), as_json)
+
+
+@config_args.command(app, "eval-merge", config_args.Spec(
+    "asft.evaluation:EvalConfig", aliases={"judge.kind": ["--judge"], "judge.threshold": ["--threshold"]},
+    essentials=("model", "adapter", "harmful", "out", "judge.kind", "judge.model", "trust_remote_code")))
+def merge_command(
+    ctx: typer.Context,
+    shard_outs: list[str] = typer.Option(..., "--from", help="a shard's output folder, in order 0/N ... N-1/N; repeat"),
+    utility: list[str] = typer.Option([], "--utility", help=UTILITY_HELP),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Merge the outputs of shards 0/N ... N-1/N of one evaluation (`asft eval --shard I/N`) into its whole report."""
+    from asft.evaluation.shards import merge_shards
+
+    extra = {"utility": ("--utility", parse_utility(utility))} if utility else {}
+    emit(merge_shards(config_args.build(ctx, extra), shard_outs), as_json)

@@ -8,11 +8,13 @@ from asft.cli import config_args
 from asft.cli.app import JSON_OPTION, app, emit
 
 
-
 @config_args.command(app, "train", config_args.Spec(
     "asft.training:TrainConfig", essentials=("model", "data", "out", "method", "direction", "adapter", "preset", "trust_remote_code")))
 def train(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
     """Fine-tune with LoRA (sft), LoRA + alignment-anchored penalty (asft), or Safe LoRA's projection."""
     from asft.training import train as run_training
+    from asft.training.distributed import launched_rank
 
-    emit(run_training(config_args.build(ctx)), as_json)
+    summary = run_training(config_args.build(ctx))
+    if launched_rank() == 0:  # under torchrun / accelerate the ranks return the same summary: print it once
+        emit(summary, as_json)

@@ -40,6 +40,13 @@ class EvalConfig(BaseModel):
     max_new_tokens: int = Field(default=64, ge=1, le=8192, description="Greedy decoding length limit (the paper uses 512).")
     limit: int | None = Field(default=None, ge=1, description="Use only the first N rows of each set (the paper: 250 harmful prompts).")
     device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N")
+    engine: Literal["hf", "vllm"] = Field(
+        default="hf", description="Generation engine: hf (transformers, any device) or vllm (the optional vllm extra, "
+        "CUDA only; the adapter is loaded as a vLLM LoRA). Same prompt ids, greedy decoding, judges and report.")
+    shard: str | None = Field(
+        default=None, pattern=r"^[0-9]+/[0-9]+$", description="Evaluate only shard I/N (I from 0): rows I, I+N, I+2N, "
+        "... of every prompt set; the N shard outputs merge into the whole report (asft.evaluation.shards). "
+        "Empty: every row.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto", description="Weights dtype; auto = bfloat16 on GPU, float32 on CPU.")
     trust_remote_code: bool = Field(default=False, description="Allow custom model code shipped with checkpoints.")
@@ -59,3 +66,16 @@ class EvalConfig(BaseModel):
         if self.harmful is None and not self.utility:
             raise ValueError("nothing to evaluate; give a harmful prompt file and/or utility sets")
         return self
+
+    @field_validator("shard")
+    @classmethod
+    def _shard_in_range(cls, shard: str | None) -> str | None:
+        if shard is not None:
+            index, count = map(int, shard.split("/"))
+            if not 0 <= index < count:
+                raise ValueError(f"shard {shard}: I/N needs 0 <= I < N, e.g. 0/4 ... 3/4")
+        return shard
+
+    def shard_of(self) -> tuple[int, int] | None:
+        """(I, N) of ``shard``, None for a whole evaluation."""
+        return None if self.shard is None else tuple(map(int, self.shard.split("/")))

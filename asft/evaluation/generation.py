@@ -9,6 +9,7 @@ settings would silently change the measurement from one checkpoint to the next.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from contextlib import contextmanager
@@ -66,11 +67,9 @@ def check_adapter_base(adapter_uri: str | os.PathLike, model_uri: str | os.PathL
     print(f"asft: warning: {mismatch}; applying it anyway (--allow-other-base)", file=sys.stderr)
 
 
-def apply_adapter(model, adapter_uri: str | os.PathLike):
-    """``PeftModel.from_pretrained`` on a local or remote adapter folder, safetensors only."""
-    from peft import PeftModel
-    from safetensors import SafetensorError
-
+def adapter_folder(adapter_uri: str | os.PathLike):
+    """The local folder of a PEFT adapter, checked: its config and a readable safetensors file
+    (pickle adapters are never loaded)."""
     from asft.io.safetensors import safetensors_header
 
     folder = storage.materialize(adapter_uri)
@@ -80,6 +79,15 @@ def apply_adapter(model, adapter_uri: str | os.PathLike):
         raise AsftError(f"adapter {adapter_uri}: no adapter_model.safetensors (pickle adapters are never loaded); "
                         "save it with safe_serialization=True")
     safetensors_header(folder / "adapter_model.safetensors")  # a cut file fails with its name
+    return folder
+
+
+def apply_adapter(model, adapter_uri: str | os.PathLike):
+    """``PeftModel.from_pretrained`` on a local or remote adapter folder, safetensors only."""
+    from peft import PeftModel
+    from safetensors import SafetensorError
+
+    folder = adapter_folder(adapter_uri)
     try:
         return PeftModel.from_pretrained(model, str(folder), is_trainable=False).eval()
     except (RuntimeError, ValueError, KeyError, TypeError, SafetensorError) as exc:
@@ -90,13 +98,10 @@ def apply_adapter(model, adapter_uri: str | os.PathLike):
                         "use an adapter trained on this model") from None
 
 
-def stop_token_ids(model, tokenizer) -> list[int]:
+def stop_token_ids(tokenizer, generation_config) -> list[int]:
     """The tokenizer's EOS, its chat template's end-of-turn token and any end-of-turn ids the
-    checkpoint's generation config lists."""
-    from transformers import GenerationMixin
-
-    owner = next(m for m in model.modules() if isinstance(m, GenerationMixin))
-    listed = owner.generation_config.eos_token_id
+    checkpoint's generation config (``None``: it has none) lists."""
+    listed = getattr(generation_config, "eos_token_id", None)
     listed = [] if listed is None else [listed] if isinstance(listed, int) else list(listed)
     return list(dict.fromkeys([tokenizer.eos_token_id, *end_of_turn_ids(tokenizer), *listed]))
 
@@ -108,7 +113,7 @@ def _plain_generation_config(model, tokenizer, max_new_tokens: int) -> Iterator[
     from transformers import GenerationConfig, GenerationMixin
 
     owner = next(m for m in model.modules() if isinstance(m, GenerationMixin))
-    eos = stop_token_ids(model, tokenizer)
+    eos = stop_token_ids(tokenizer, owner.generation_config)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     saved = owner.generation_config
     owner.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=eos, pad_token_id=pad)
@@ -119,12 +124,12 @@ def _plain_generation_config(model, tokenizer, max_new_tokens: int) -> Iterator[
         owner.generation_config = saved
 
 
-def context_length(model, tokenizer) -> int | None:
+def context_length(model_config, tokenizer) -> int | None:
     """Tokens the model takes in all (prompt + answer): the smaller of its config's
     ``max_position_embeddings`` and the tokenizer's ``model_max_length``, where known."""
     from transformers.tokenization_utils_base import LARGE_INTEGER
 
-    known = (getattr(model.config, "max_position_embeddings", None), tokenizer.model_max_length)
+    known = (getattr(model_config, "max_position_embeddings", None), tokenizer.model_max_length)
     return min((n for n in known if isinstance(n, int) and 0 < n < LARGE_INTEGER), default=None)
 
 
@@ -132,9 +137,9 @@ def _middle_cut(items, head: int, tail: int):
     return items if len(items) <= head + tail else items[:head] + items[len(items) - tail:]
 
 
-def _prompt_budget(model, tokenizer, max_new_tokens: int) -> int | None:
+def _prompt_budget(model_config, tokenizer, max_new_tokens: int) -> int | None:
     """Tokens a prompt may take so ``max_new_tokens`` still fit the context (None: no known limit)."""
-    context = context_length(model, tokenizer)
+    context = context_length(model_config, tokenizer)
     if context is None:
         return None
     if context - max_new_tokens < 1:
@@ -167,18 +172,19 @@ def _char_cut(text: str, keep: tuple[int, int] | None) -> str:
     return text if keep is None else _middle_cut(text, *keep)
 
 
-def encode_prompts(model, tokenizer, prompts: list[str], *, max_new_tokens: int,
+def encode_prompts(model_config, tokenizer, prompts: list[str], *, max_new_tokens: int,
                    add_special_tokens: bool = True) -> tuple[list[list[int]], list[int]]:
-    """Token ids of each prompt text, cut to leave ``max_new_tokens`` of the context for the
-    answer (:func:`_fit`), and the indices of the prompts that were cut."""
+    """Token ids of each prompt text, cut to leave ``max_new_tokens`` of the context (of a model
+    with this ``PretrainedConfig``) for the answer (:func:`_fit`), and the indices of the
+    prompts that were cut."""
     def encode(prompt: str, keep: tuple[int, int] | None) -> tuple[list[int], bool]:
         text = _char_cut(prompt, keep)
         return tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"], len(text) < len(prompt)
 
-    return _fit(encode, prompts, _prompt_budget(model, tokenizer, max_new_tokens))
+    return _fit(encode, prompts, _prompt_budget(model_config, tokenizer, max_new_tokens))
 
 
-def encode_records(model, tokenizer, records: list[Record], *, template: TemplateName, system_prompt: str,
+def encode_records(model_config, tokenizer, records: list[Record], *, template: TemplateName, system_prompt: str,
                    max_new_tokens: int) -> tuple[list[list[int]], list[int]]:
     """:func:`encode_prompts` for conversations: the prompt ids training uses
     (:func:`asft.templates.prompt_ids`), each text of a conversation cut by characters first."""
@@ -187,7 +193,7 @@ def encode_records(model, tokenizer, records: list[Record], *, template: Templat
                         history=tuple((_char_cut(u, keep), _char_cut(a, keep)) for u, a in record.history))
         return prompt_ids(tokenizer, short, template, system_prompt=system_prompt), short != record
 
-    return _fit(encode, records, _prompt_budget(model, tokenizer, max_new_tokens))
+    return _fit(encode, records, _prompt_budget(model_config, tokenizer, max_new_tokens))
 
 
 def generate_tokens(model, tokenizer, prompts: list[str], *, batch_size: int = 32, max_new_tokens: int = 64,
@@ -197,7 +203,7 @@ def generate_tokens(model, tokenizer, prompts: list[str], *, batch_size: int = 3
 
     ``add_special_tokens=False`` for prompts that already hold them (chat templates add BOS).
     """
-    encoded, _ = encode_prompts(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
+    encoded, _ = encode_prompts(model.config, tokenizer, prompts, max_new_tokens=max_new_tokens,
                                 add_special_tokens=add_special_tokens)
     return generate_from_ids(model, tokenizer, encoded, batch_size=batch_size, max_new_tokens=max_new_tokens,
                              progress=progress)
@@ -238,6 +244,13 @@ def generate_from_ids(model, tokenizer, encoded: list[list[int]], *, batch_size:
             bar.update(1)
     bar.close()
     return results
+
+
+def free_accelerator_memory() -> None:
+    """Give a dropped model's memory back (the next model, e.g. a judge, may need it)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def decode(tokenizer, token_ids: list[list[int]]) -> list[str]:

@@ -52,6 +52,12 @@ class TrainConfig(BaseModel):
         None, ge=1, le=65536, description="fro anchor: keep only L = U_k S_k (out, k) of each V on the device, "
         "in/k times fewer bytes (C becomes its top-k eigen-truncation); None keeps V exactly")
 
+    anchor_compute: Literal["fp32", "bf16"] = Field(
+        "fp32", description="dtype of the anchor products V^T B and V (V^T B): bf16 (fp32 accumulation on a GPU) is "
+        "faster on a GPU, error ~1e-3 relative on the penalty; the final sum is float32 either way")
+    anchor_batching: bool = Field(False, description="Compute the penalty of same-shaped modules as one batched "
+                                  "product over their stacked V (fewer, larger kernels on a GPU; same value)")
+
     lora_r: int = Field(8, ge=1, le=1024, description="LoRA rank")
     lora_alpha: float = Field(32.0, gt=0, allow_inf_nan=False, description="LoRA alpha (scaling alpha/r)")
     lora_dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input")
@@ -82,7 +88,16 @@ class TrainConfig(BaseModel):
 
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 autocast on a GPU that supports it, else fp32; the penalty is always float32")
-    device: str = Field("auto", description="auto (CUDA when available), cpu, cuda, cuda:1 ...")
+    device: str = Field("auto", description="auto (CUDA when available), cpu, cuda, cuda:1 ...; under torchrun or "
+                        "accelerate each rank takes cuda:LOCAL_RANK")
+    parallel: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="Under torchrun/accelerate with several processes: ddp replicates the model on each rank; "
+        "fsdp (FSDP2) shards the base weights over the ranks (one decoder layer gathered at a time; no checkpoints)")
+    load_in_4bit: bool = Field(False, description="QLoRA: load the base weights in 4-bit NF4 (bitsandbytes, CUDA only, "
+                               "the gpu extra); LoRA, V and the penalty stay in their own dtypes")
+    load_in_8bit: bool = Field(False, description="Load the base weights in 8-bit (bitsandbytes, CUDA only)")
+    gradient_checkpointing: bool = Field(False, description="Recompute each layer's activations in the backward "
+                                         "pass: less activation memory, about one more forward of time")
     trust_remote_code: bool = Field(False, description="Run custom model code shipped with the checkpoint")
 
     checkpoint_every: int = Field(0, ge=0, description="Save a resumable checkpoint every N steps (0: never)")
@@ -114,6 +129,12 @@ class TrainConfig(BaseModel):
             raise ValueError("adapter is only used by method safelora (projecting an existing adapter)")
         if not self.adapter and not self.data:
             raise ValueError("data is required (a JSON/JSONL file of instruction/input/output rows)")
+        return self
+
+    @model_validator(mode="after")
+    def _check_quantization(self) -> "TrainConfig":
+        if self.load_in_4bit and self.load_in_8bit:
+            raise ValueError("load_in_4bit and load_in_8bit exclude each other; choose one")
         return self
 
     @model_validator(mode="after")

@@ -5,7 +5,9 @@ One step: set the step's learning rate, take its batch from the sampler, compute
 (autocast), let the objective add its terms (the AsFT penalty, later Lisa's proximal term),
 backward through the grad scaler, clip, step, then call the hooks (metrics, divergence stop,
 ``on_step``, checkpoints). What differs between trainings is data: the sampler, the
-learning-rate schedule, the objective and the hooks.
+learning-rate schedule, the objective and the hooks. A data-parallel rank
+(``distributed.ShardedLoop``) overrides three pieces: its ``batch`` (its share), ``forward``
+(the global token mean) and ``reported`` (the all-rank means the hooks see).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class StepResult:
     lr: float
     batch: dict[str, torch.Tensor]
     terms: Terms
+    tokens: int = 0  # attention tokens of the whole step's batch (all ranks), counted on the host
     postfix: dict[str, str] = field(default_factory=dict)  # hooks fill it for the progress bar
 
 
@@ -48,6 +51,14 @@ class Sampler(Protocol):
 
 Objective = Callable[[torch.Tensor, dict], Terms]
 Hook = Callable[[StepResult], None]
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """A host batch on the device. To a GPU through pinned memory, asynchronously: a pageable
+    copy would make the host wait for the GPU to finish the previous step before queueing this one."""
+    if device.type != "cuda":
+        return {k: v.to(device) for k, v in batch.items()}
+    return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
 
 
 def plain_loss(loss: torch.Tensor, batch: dict) -> Terms:
@@ -91,6 +102,7 @@ class Loop:
     scaler: torch.amp.GradScaler | None = None
     clip_norm: float | None = None
     hooks: list[Hook] = field(default_factory=list)
+    show_progress: bool = True
 
     def __post_init__(self):
         if self.scaler is None:
@@ -101,27 +113,31 @@ class Loop:
         from asft.progress import progress_bar
 
         self.model.train()
-        bar = progress_bar(total_steps, label, initial=start, unit="steps")
+        bar = progress_bar(total_steps, label, initial=start, unit="steps", enabled=self.show_progress)
         for step in range(start, total_steps):
-            result = self.step(step, total_steps)
-            for hook in self.hooks:
-                hook(result)
-            bar.update(1)
-            if result.postfix:
-                bar.set_postfix(**result.postfix)
+            self.advance(step, total_steps, bar)
         bar.close()
         return max(start, total_steps)
+
+    def advance(self, step: int, total_steps: int, bar) -> StepResult:
+        """One step as ``run`` takes it: the optimizer step, the hooks, the progress bar."""
+        result = self.step(step, total_steps)
+        for hook in self.hooks:
+            hook(result)
+        bar.update(1)
+        if result.postfix:
+            bar.set_postfix(**result.postfix)
+        return result
 
     def step(self, step: int, total_steps: int) -> StepResult:
         """One optimizer step (``step`` counts from 0)."""
         lr = self.lr_at(step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        batch = collate([self.examples[i] for i in self.sampler.indices(step)], self.pad_id)
-        batch = {k: v.to(self.device) for k, v in batch.items()}
+        batch, tokens = self.batch(step)
         enabled = self.autocast_dtype is not None
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=enabled):
-            loss = self.model(**batch).loss
+            loss = self.forward(batch)
         terms = self.objective(loss, batch)  # outside autocast: penalties are float32
         self.scaler.scale(terms.objective).backward()
         if self.clip_norm is not None:
@@ -130,4 +146,17 @@ class Loop:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        return StepResult(step + 1, total_steps, self.sampler.epoch(step), lr, batch, terms)
+        return StepResult(step + 1, total_steps, self.sampler.epoch(step), lr, batch, self.reported(terms), tokens)
+
+    def batch(self, step: int) -> tuple[dict[str, torch.Tensor], int]:
+        """The step's batch on the device and its attention-token count (taken on the host: no device sync)."""
+        batch = collate([self.examples[i] for i in self.sampler.indices(step)], self.pad_id)
+        return to_device(batch, self.device), int(batch["attention_mask"].sum())
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The model's loss on the batch (the mean over its label tokens)."""
+        return self.model(**batch).loss
+
+    def reported(self, terms: Terms) -> Terms:
+        """The terms the hooks see: this process's own (a distributed loop reports all ranks' means)."""
+        return terms

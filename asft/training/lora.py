@@ -13,8 +13,9 @@ import torch
 
 from asft.architectures import Targets, checkpoint_weights, choose_targets, is_transposed, model_type, resolve_targets
 from asft.errors import AsftError
-from asft.regularizer import Anchor, build_anchors
+from asft.regularizer import Anchor, AnchorGroup, build_anchors
 from asft.training.config import TrainConfig
+from asft.training.distributed import whole
 from asft.training.safelora import PEFT_PREFIX
 
 
@@ -83,15 +84,31 @@ def load_anchors(config: TrainConfig, layers: dict[str, torch.nn.Module], device
                             "extract the direction from this model's family")
         # one module at a time: with direction_rank only the factor stays on the device
         V = V.to(device=device, dtype=getattr(torch, config.direction_dtype))
-        anchors.update(build_anchors({name: V}, config.anchor, config.top_k, config.direction_rank, blocks))
+        anchors.update(build_anchors({name: V}, config.anchor, config.top_k, config.direction_rank, blocks,
+                                     compute_dtype=torch.bfloat16 if config.anchor_compute == "bf16" else None))
     return anchors, direction.sha256
 
 
-def penalty(layers, anchors: dict[str, Anchor], scaled: bool) -> torch.Tensor:
-    """Sum over modules of ``||(I - M) B A||_F^2`` (times (alpha/r)^2 when ``scaled``)."""
-    total = None
-    for name, layer in layers.items():
-        A, B = layer.lora_A["default"].weight, layer.lora_B["default"].weight
-        term = anchors[name].penalty(A, B, layer.scaling["default"] if scaled else None)
-        total = term if total is None else total + term
+def penalty(layers, anchors: dict[str, Anchor], scaled: bool,
+            groups: tuple[list[AnchorGroup], list[str]] | None = None) -> torch.Tensor:
+    """Sum over modules of ``||(I - M) B A||_F^2`` (times (alpha/r)^2 when ``scaled``); with
+    ``groups`` (``regularizer.group_anchors``) same-shaped modules are one batched product."""
+    def factors(name):  # gathered where FSDP shards them: every rank computes the whole penalty
+        layer = layers[name]
+        return whole(layer.lora_A["default"].weight), whole(layer.lora_B["default"].weight)
+
+    def scaling(name):
+        return layers[name].scaling["default"] if scaled else None
+
+    batched, single = groups if groups is not None else ([], list(layers))
+    terms = [anchors[name].penalty(*factors(name), scaling(name)) for name in single]
+    for group in batched:
+        scalings = {scaling(name) for name in group.names}
+        if len(scalings) == 1:
+            terms.append(group.penalty([factors(name) for name in group.names], scalings.pop()))
+        else:  # modules with their own alpha/r (peft's rank_pattern): one at a time
+            terms += [anchors[name].penalty(*factors(name), scaling(name)) for name in group.names]
+    total = terms[0]
+    for term in terms[1:]:
+        total = total + term
     return total

@@ -23,12 +23,15 @@ import torch
 
 from asft import storage
 from asft.errors import AsftError
+from asft.regularizer import group_anchors
 from asft.seeding import seed_everything
 from asft.training import checkpoint as ckpt
 from asft.training.adapter import MANIFEST
 from asft.training.config import TrainConfig
+from asft.training.distributed import ShardedLoop, World, check_batch, check_parallel, gathered, wrap_model
 from asft.training.loop import EpochShuffle, Loop, StepResult, Terms
 from asft.training.lora import add_lora, load_anchors, lora_layers, penalty, targets_record
+from asft.training.memory_plan import describe_plan, memory_plan
 from asft.training.methods import method_for
 
 SHUFFLE_NOTE = ("rows are reshuffled every epoch with torch.randperm seeded by (seed, epoch); "
@@ -68,13 +71,34 @@ def stop_if_diverged(row: dict, hint: str) -> None:
                     f"{hint}; no adapter was written")
 
 
+def quantization_config(config: TrainConfig, device: torch.device):
+    """transformers' BitsAndBytesConfig for a 4-/8-bit base (QLoRA), or None; one clear error
+    where bitsandbytes cannot run (it needs a CUDA GPU and the ``gpu`` extra)."""
+    if not (config.load_in_4bit or config.load_in_8bit):
+        return None
+    option = "--load-in-4bit" if config.load_in_4bit else "--load-in-8bit"
+    if device.type != "cuda":
+        raise AsftError(f"{option} needs a CUDA GPU (bitsandbytes), this run is on {device}; drop {option} on a CPU")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise AsftError(f"{option} needs bitsandbytes; install the GPU extra: pip install 'asft[gpu]'") from None
+    from transformers import BitsAndBytesConfig
+
+    if config.load_in_8bit:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute)
+
+
 class LoraRecipe:
     """One LoRA fine-tuning run. ``run()`` is setup, resume, the loop and save; each piece is
     a method so that a new training method or a distributed launcher overrides only its part."""
 
     def __init__(self, config: TrainConfig, on_step: Callable[[dict], None] | None = None,
-                 started: float | None = None):
-        self.config, self.on_step = config, on_step
+                 started: float | None = None, world: World | None = None):
+        self.config, self.on_step, self.world = config, on_step, world or World()
         self.method = method_for(config)
         self.started = time.perf_counter() if started is None else started
         self.step, self.metrics, self.resumed_from, self.tokens = 0, [], None, 0
@@ -85,9 +109,13 @@ class LoraRecipe:
         self.resume()
         loop_started = time.perf_counter()
         self.step = self.loop().run(self.total_steps, start=self.step, label=f"train {self.config.method}")
-        manifest = self.save(time.perf_counter() - loop_started)
-        if self.config.checkpoint_every:
-            ckpt.remove_all(self.config.checkpoints)  # the finished adapter supersedes them
+        manifest = self.manifest(time.perf_counter() - loop_started)
+        trained = gathered(self.named)  # every rank takes part when FSDP holds shards
+        if self.world.is_main:
+            self.save(manifest, trained)
+            if self.config.checkpoint_every:
+                ckpt.remove_all(self.config.checkpoints)  # the finished adapter supersedes them
+        self.world.barrier()  # every rank returns once the adapter is written
         return manifest
 
     # --- setup ------------------------------------------------------------------------
@@ -98,11 +126,16 @@ class LoraRecipe:
 
         config = self.config
         seed_everything(config.seed)
-        self.device = pick_device(config.device)
+        self.device = self.world.device(pick_device(config.device))
         self.precision = resolve_precision(config, self.device)
+        self.quantization = quantization_config(config, self.device)  # before any model loads
+        check_batch(config.batch_size, self.world)
+        check_parallel(config, self.world)
         self.tokenizer = load_tokenizer(config.model, trust_remote_code=config.trust_remote_code, padding_side="right")
         self.examples, self.template, self.data_sha256 = read_examples(config, self.tokenizer)
         self.setup_model()
+        # DDP wraps the model; FSDP shards it in place (before the optimizer sees its parameters)
+        self.trained = wrap_model(self.model, self.world, self.device, config.parallel)
         self.named = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
         self.optimizer = torch.optim.AdamW(list(self.named.values()), lr=config.lr, weight_decay=config.weight_decay)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
@@ -110,6 +143,9 @@ class LoraRecipe:
         self.total_steps = self.sampler.steps_per_epoch * config.epochs
         if config.max_steps:
             self.total_steps = min(self.total_steps, config.max_steps)
+        self.memory_plan = memory_plan(self.model, self.anchors, config, self.examples, self.precision, self.world)
+        if self.world.is_main:
+            print(describe_plan(self.memory_plan), file=sys.stderr)
 
     def setup_model(self) -> None:
         """The model to fine-tune, wrapped with LoRA, and the anchors of its LoRA layers."""
@@ -117,11 +153,20 @@ class LoraRecipe:
 
         config = self.config
         model = load_causal_lm(config.model, dtype="float32", device=str(self.device),
-                               trust_remote_code=config.trust_remote_code)
+                               trust_remote_code=config.trust_remote_code, quantization=self.quantization)
+        if self.quantization is not None:
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing,
+                                                    gradient_checkpointing_kwargs={"use_reentrant": False})
+        elif config.gradient_checkpointing:
+            # non-reentrant: needs no input that requires grad, and replays dropout's RNG exactly
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.model = add_lora(model, config)
         self.layers = lora_layers(self.model)
         self.anchors, self.direction_sha256 = (load_anchors(config, self.layers, self.device)
                                                if config.direction else ({}, None))
+        self.anchor_groups = group_anchors(self.anchors) if config.anchor_batching else None
 
     def resume(self) -> None:
         """With ``resume``, continue from the latest checkpoint of this same run, if any."""
@@ -144,24 +189,27 @@ class LoraRecipe:
     def loop(self) -> Loop:
         config = self.config
         steps_per_epoch = self.sampler.steps_per_epoch
-        hooks = [self.log_step] + ([self.save_checkpoint] if config.checkpoint_every else [])
-        return Loop(self.model, self.optimizer, self.examples, self.tokenizer.pad_token_id, self.sampler,
-                    lr_at=lambda step: config.lr * config.lr_decay ** (step // steps_per_epoch),  # x decay per epoch
-                    device=self.device, objective=self.objective, scaler=self.scaler, hooks=hooks,
-                    autocast_dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision))
+        hooks = [self.log_step] + ([self.save_checkpoint] if config.checkpoint_every and self.world.is_main else [])
+        common = {"lr_at": lambda step: config.lr * config.lr_decay ** (step // steps_per_epoch),  # x decay per epoch
+                  "device": self.device, "objective": self.objective, "scaler": self.scaler, "hooks": hooks,
+                  "autocast_dtype": {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision),
+                  "show_progress": self.world.is_main}
+        kind, extra = (ShardedLoop, {"world": self.world}) if self.world.size > 1 else (Loop, {})
+        return kind(self.trained, self.optimizer, self.examples, self.tokenizer.pad_token_id, self.sampler,
+                    **common, **extra)
 
     def objective(self, loss: torch.Tensor, batch: dict) -> Terms:
         """The method's objective from the loss and, with a direction, the anchor penalty (float32)."""
         value = None
         if self.anchors:
             with torch.set_grad_enabled(self.method.penalty_has_grad):
-                value = penalty(self.layers, self.anchors, self.config.penalty_scaling)
+                value = penalty(self.layers, self.anchors, self.config.penalty_scaling, self.anchor_groups)
         return Terms(loss=loss, objective=self.method.objective(loss, value), penalty=value)
 
     def log_step(self, result: StepResult) -> None:
         """The step's metrics row (one device-to-host transfer), divergence stop, ``on_step``."""
         terms = result.terms
-        self.tokens += int(result.batch["attention_mask"].sum())
+        self.tokens += result.tokens
         values = torch.stack([t.detach().float() for t in (terms.loss, terms.objective)
                               + (() if terms.penalty is None else (terms.penalty,))])
         loss_value, objective_value, *penalty_value = values.tolist()
@@ -170,7 +218,7 @@ class LoraRecipe:
                "objective": objective_value}
         stop_if_diverged(row, self.method.divergence_hint())
         self.metrics.append(row)
-        if self.on_step:
+        if self.on_step and self.world.is_main:
             self.on_step(row)
         result.postfix.update(loss=f"{row['loss']:.4f}", penalty="-" if terms.penalty is None else f"{row['penalty']:.4g}")
 
@@ -185,16 +233,15 @@ class LoraRecipe:
 
     # --- save -------------------------------------------------------------------------
 
-    def save(self, loop_seconds: float) -> dict:
-        """Write the adapter folder atomically: PEFT adapter, tokenizer, metrics, manifest."""
+    def save(self, manifest: dict, trained: dict[str, torch.Tensor]) -> None:
+        """Write the adapter folder atomically: PEFT adapter (the ``trained`` weights), tokenizer,
+        metrics, ``manifest`` (completed by the method's post-processing)."""
         with storage.staged_dir(self.config.out, "adapter") as tmp:
-            self.model.save_pretrained(tmp, safe_serialization=True)
+            self.model.save_pretrained(tmp, safe_serialization=True, state_dict=trained)
             self.tokenizer.save_pretrained(tmp)
             storage.write_jsonl(tmp / "metrics.jsonl", self.metrics)
-            manifest = self.manifest(loop_seconds)
             manifest.update(self.method.after_save(tmp))
             storage.write_json(tmp / MANIFEST, manifest)
-        return manifest
 
     def manifest(self, loop_seconds: float) -> dict:
         from asft.io.hashing import remembered_checkpoint_sha256
@@ -220,4 +267,6 @@ class LoraRecipe:
             "tokens_per_second": round(tokens / loop_seconds, 1) if loop_seconds > 0 and tokens else None,
             "resumed_from_step": self.resumed_from,
             "shuffle": SHUFFLE_NOTE,
+            "distributed": {**self.world.record(), "parallel": config.parallel if self.world.size > 1 else None},
+            "memory_plan": self.memory_plan,
         }

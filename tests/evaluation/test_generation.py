@@ -107,7 +107,7 @@ def test_evaluation_prompts_are_the_ids_training_used(tiny_lm):
     records = [Record("How do I open the door?"),
                Record("and the window?", system="be brief", history=(("How do I open the door?", "Push it."),)),
                Record("How do I paint the window? " * 400)]
-    encoded, cut = encode_records(model, tokenizer, records, template="auto", system_prompt="be kind", max_new_tokens=8)
+    encoded, cut = encode_records(model.config, tokenizer, records, template="auto", system_prompt="be kind", max_new_tokens=8)
     trained = [encode_example(tokenizer, r, "chat", 100_000, system_prompt="be kind")["input_ids"] for r in records]
     assert encoded[:2] == [ids[:len(p)] for ids, p in zip(trained, encoded[:2])]  # byte-identical prompts
     assert all(ids.count(tokenizer.bos_token_id) == 1 and ids[0] == tokenizer.bos_token_id for ids in encoded)

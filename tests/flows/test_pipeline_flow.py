@@ -157,3 +157,37 @@ def test_a_reviewers_no_or_silence_fails_the_gate(world, first_run, answer, reas
     assert not result["gate"]["passed"] and not result["champion_moved"]
     assert result["gate"]["reasons"] == [reason]
     assert client.get_model_version_by_alias("tiny-asft", "champion").version == before
+
+
+def quarantine_review_artifact() -> str:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    async def read():
+        async with get_client() as client:
+            found = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["quarantine-review"])))
+            return found[-1].data
+
+    return asyncio.run(read())
+
+
+def test_a_reviewers_release_is_trained_on_and_recorded(world, first_run, tmp_path):
+    """The first run's review page names quarantined rows; releasing one makes the next run
+    screen afresh, accept that row (marked released) and record the release file."""
+    from flows.pipeline import asft_pipeline
+
+    client = registry.client(world["tracking_uri"])
+    page = open(client.download_artifacts(first_run["mlflow_run_id"], "screening/quarantine_review.md", str(tmp_path))).read()
+    assert quarantine_review_artifact().startswith("# Quarantine review: ")  # also a Prefect artifact
+    row_ids = [line.split("`")[1] for line in page.splitlines() if line.startswith("| `")]
+    assert row_ids, page
+    storage.write_text("s3://asft/reviews/release.txt", f"{row_ids[0]}  # a reviewer read it\n")
+    cfg = config(world, "released-1").model_copy(deep=True)
+    cfg.inputs.screening_release = "s3://asft/reviews/release.txt"
+    state = asft_pipeline(cfg, return_state=True)
+    result = state.result()
+    assert task_states(state.state_details.flow_run_id)["screen data"] == "Completed"  # the release is part of the key
+    assert result["screening"]["released"] == 1
+    assert result["screening"]["quarantined"] == first_run["screening"]["quarantined"] - 1
+    report = storage.read_json(client.download_artifacts(result["mlflow_run_id"], "screening/screening_report.json", str(tmp_path / "r")))
+    assert report["release"]["file"] == "s3://asft/reviews/release.txt" and report["release"]["released_rows"] == 1
