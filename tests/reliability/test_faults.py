@@ -312,11 +312,17 @@ def test_two_pipelines_at_once_on_one_root_and_one_new_registry(world, tmp_path,
     store = tmp_path / "new-registry" / "mlflow.db"
     tracking = f"sqlite:///{store}"
     assert not store.parent.exists()
-    runs = [Pipeline(pipeline_config(world, root, key, tracking), tmp_path / key, world["prefect_template"])
-            for key in ("twin-a", "twin-b")]
-    for run in runs:
-        run.start()
-    results = [run.finish() for run in runs]
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    # One Prefect server for both: two temporary servers started at the same instant can pick
+    # the same random port (seen once: the loser's flow lost its API when the winner stopped).
+    with prefect_test_harness(server_startup_timeout=180):
+        runs = [Pipeline(pipeline_config(world, root, key, tracking), tmp_path / key, world["prefect_template"],
+                         PREFECT_API_URL=PREFECT_API_URL.value()) for key in ("twin-a", "twin-b")]
+        for run in runs:
+            run.start()
+        results = [run.finish() for run in runs]
     for result in results:
         assert result.rc == 0, result.stderr[-3000:]
 
