@@ -189,7 +189,7 @@ def test_flow_parameter_schemas_build_when_the_flows_exist(deployments):
         assert expected[flow.fn.__name__] <= set(models)
         train = models.get("TrainSettings") or models["TrainConfig"] if flow.fn.__name__ != "evaluate_on_gpu" else None
         if train:  # the UI form shows the method choice and the documented, bounded hyper-parameters
-            assert train["properties"]["method"]["enum"] == ["sft", "asft", "safelora"]
+            assert train["properties"]["method"]["enum"] == ["sft", "asft", "safelora", "safeinstr", "lisa"]
             assert train["properties"]["lr"]["exclusiveMinimum"] == 0 and train["properties"]["lr"]["description"]
         parameters = deployment.get("parameters") or {}
         if parameters:  # a deployment's own parameters must validate against the flow's models

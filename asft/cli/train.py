@@ -1,4 +1,4 @@
-"""``asft train``: LoRA fine-tuning with SFT, AsFT or Safe LoRA; every TrainConfig field is an option."""
+"""``asft train``: LoRA fine-tuning (SFT, AsFT, Safe LoRA, SafeInstr, Lisa); every TrainConfig field is an option."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ from asft.cli.app import JSON_OPTION, app, emit
 
 
 @config_args.command(app, "train", config_args.Spec(
-    "asft.training:TrainConfig", essentials=("model", "data", "out", "method", "direction", "adapter", "preset", "trust_remote_code")))
+    "asft.training:TrainConfig", essentials=("model", "data", "out", "method", "direction", "adapter", "safety_data",
+                                             "alignment_data", "preset", "trust_remote_code")))
 def train(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
-    """Fine-tune with LoRA (sft), LoRA + alignment-anchored penalty (asft), or Safe LoRA's projection."""
+    """Fine-tune with LoRA (sft), LoRA + alignment-anchored penalty (asft), Safe LoRA's projection, refusal rows
+    mixed in (safeinstr) or alternating alignment and user phases (lisa)."""
     from asft.training import train as run_training
     from asft.training.distributed import launched_rank
 

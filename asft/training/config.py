@@ -1,5 +1,5 @@
-"""``TrainConfig``: one config for SFT, AsFT and Safe LoRA runs (also the Prefect form and
-the YAML/CLI config). Unset hyper-parameters come from the preset."""
+"""``TrainConfig``: one config for SFT, AsFT, Safe LoRA, SafeInstr and Lisa runs (also the
+Prefect form and the YAML/CLI config). Unset hyper-parameters come from the preset."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ RESUME_FREE_FIELDS = ("resume", "checkpoint_every", "keep_checkpoints", "device"
 
 
 class TrainConfig(BaseModel):
-    """A LoRA fine-tuning run: plain SFT, AsFT (LoRA + lam * anchor penalty) or Safe LoRA."""
+    """A LoRA fine-tuning run: plain SFT, AsFT (LoRA + lam * anchor penalty), Safe LoRA, SafeInstr or Lisa."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -33,9 +33,10 @@ class TrainConfig(BaseModel):
     out: str = Field(description="Output folder or URI: PEFT adapter, metrics.jsonl, train_manifest.json")
     data: str | None = Field(None, description="Training rows, read like `asft screen` reads them (Alpaca, chat "
                              "messages, ShareGPT, prompt/response; JSON, JSONL, CSV, Parquet; path or URI)")
-    method: Literal["sft", "asft", "safelora"] = Field(
+    method: Literal["sft", "asft", "safelora", "safeinstr", "lisa"] = Field(
         "asft", description="sft: plain LoRA; asft: LoRA + lam * sum of anchor penalties; "
-        "safelora: SFT (or --adapter) then Safe LoRA's post-hoc projection")
+        "safelora: SFT (or --adapter) then Safe LoRA's post-hoc projection; safeinstr: SFT with refusal rows "
+        "(safety_data) mixed in; lisa: steps alternating between alignment_data and data, with a proximal term")
     direction: str | None = Field(None, description="Alignment direction folder from `asft direction` "
                                   "(needed by asft and safelora; with sft the penalty is only logged)")
     adapter: str | None = Field(None, description="safelora only: project this existing PEFT adapter instead of training")
@@ -105,6 +106,19 @@ class TrainConfig(BaseModel):
     keep_checkpoints: int = Field(2, ge=1, description="How many recent checkpoints to keep")
     resume: bool = Field(False, description="Continue from the latest checkpoint in checkpoint_dir, if any")
 
+    safety_data: str | None = Field(None, description="safeinstr: refusal rows (harmful prompt + refusal), read "
+                                    "like data; a seeded sample of them is mixed into the training set")
+    safety_share: float = Field(0.1, gt=0.0, lt=1.0, description="safeinstr: share of the final training set that is "
+                                "safety rows (k = round(share / (1 - share) x the user's rows) are drawn)")
+    alignment_data: str | None = Field(None, description="lisa: alignment rows (harmful prompt + refusal, or any "
+                                       "aligned behaviour), read like data; its phases train on them")
+    lisa_alignment_steps: int = Field(100, ge=1, description="lisa: optimizer steps on alignment_data per phase "
+                                      "(the reference's align_step)")
+    lisa_finetune_steps: int = Field(900, ge=1, description="lisa: optimizer steps on data per phase "
+                                     "(the reference's finetune_step)")
+    lisa_rho: float = Field(1.0, ge=0.0, allow_inf_nan=False, description="lisa: weight of the proximal term "
+                            "rho/2 ||theta - theta_switch||^2 to the LoRA weights at the last phase switch")
+
     safelora_mode: Literal["threshold", "number"] = Field(
         "threshold", description="threshold: project modules with cos <= tau; number: the K modules of lowest cos")
     safelora_tau: float = Field(0.5, ge=-1.0, le=1.0, description="Safe LoRA cosine threshold")
@@ -129,6 +143,19 @@ class TrainConfig(BaseModel):
             raise ValueError("adapter is only used by method safelora (projecting an existing adapter)")
         if not self.adapter and not self.data:
             raise ValueError("data is required (a JSON/JSONL file of instruction/input/output rows)")
+        return self
+
+    @model_validator(mode="after")
+    def _check_method_data(self) -> "TrainConfig":
+        for method, field, what in (("safeinstr", "safety_data", "refusal rows to mix in"),
+                                    ("lisa", "alignment_data", "alignment rows for its alignment phases")):
+            if self.method == method and not getattr(self, field):
+                raise ValueError(f"method {method} needs {field} ({what}; the sandbox's data/safety_refusals.jsonl)")
+            if getattr(self, field) and self.method != method:
+                raise ValueError(f"{field} is only used by method {method}; drop it or use --method {method}")
+        if self.method == "lisa" and self.checkpoint_every:
+            raise ValueError("method lisa writes no resumable checkpoints yet (they would lack the weights of the "
+                             "last phase switch); drop checkpoint_every")
         return self
 
     @model_validator(mode="after")

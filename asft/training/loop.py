@@ -1,8 +1,8 @@
-"""The optimizer loop every training in asft runs: LoRA fine-tuning (SFT, AsFT, Safe LoRA)
-and the sandbox builder's full fine-tuning of its tiny base and aligned models.
+"""The optimizer loop every training in asft runs: LoRA fine-tuning (every method of
+``methods``) and the sandbox builder's full fine-tuning of its tiny base and aligned models.
 
 One step: set the step's learning rate, take its batch from the sampler, compute the loss
-(autocast), let the objective add its terms (the AsFT penalty, later Lisa's proximal term),
+(autocast), let the objective add its terms (the AsFT penalty, Lisa's proximal term),
 backward through the grad scaler, clip, step, then call the hooks (metrics, divergence stop,
 ``on_step``, checkpoints). What differs between trainings is data: the sampler, the
 learning-rate schedule, the objective and the hooks. A data-parallel rank
@@ -44,9 +44,19 @@ class StepResult:
 
 
 class Sampler(Protocol):
+    """Which rows each step trains on (``step`` from 0), and the epoch it belongs to."""
+
     def epoch(self, step: int) -> int: ...
 
     def indices(self, step: int) -> list[int]: ...
+
+
+class Schedule(Sampler, Protocol):
+    """A sampler that also knows a training's length: what the LoRA recipe asks of a method's sampler."""
+
+    def steps(self, epochs: int) -> int: ...
+
+    def epochs_done(self, steps: int) -> float: ...
 
 
 Objective = Callable[[torch.Tensor, dict], Terms]
@@ -77,6 +87,12 @@ class EpochShuffle:
 
     def epoch(self, step: int) -> int:
         return step // self.steps_per_epoch
+
+    def steps(self, epochs: int) -> int:
+        return self.steps_per_epoch * epochs
+
+    def epochs_done(self, steps: int) -> float:
+        return steps / self.steps_per_epoch
 
     def indices(self, step: int) -> list[int]:
         epoch, position = divmod(step, self.steps_per_epoch)

@@ -1,10 +1,12 @@
 """The LoRA fine-tuning recipe: setup -> resume -> loop -> save, driven by one ``TrainConfig``.
 
     loss = CE(batch, prompt masked) + lam * sum_l ||(I - C_l) B_l A_l||_F^2     (asft)
-    loss = CE(batch, prompt masked)                                           (sft, safelora)
+    loss = CE(batch, prompt masked) + rho/2 ||theta - theta_switch||^2          (lisa)
+    loss = CE(batch, prompt masked)                                (sft, safelora, safeinstr)
 
-The method (``asft.training.methods``) decides the objective and the post-processing of the
-saved adapter; the loop (``asft.training.loop``) is shared with the sandbox builder.
+The method (``asft.training.methods``) decides the rows and their order, the objective and the
+post-processing of the saved adapter; the loop (``asft.training.loop``) is shared with the
+sandbox builder.
 
 Differences from the reference implementation, on purpose: data are shuffled every epoch
 with a seeded generator (the reference does not shuffle, and the GSM8K file puts all harmful
@@ -17,6 +19,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from functools import partial
 from typing import Callable
 
 import torch
@@ -29,7 +32,7 @@ from asft.training import checkpoint as ckpt
 from asft.training.adapter import MANIFEST
 from asft.training.config import TrainConfig
 from asft.training.distributed import ShardedLoop, World, check_batch, check_parallel, gathered, wrap_model
-from asft.training.loop import EpochShuffle, Loop, StepResult, Terms
+from asft.training.loop import Loop, StepResult, Terms
 from asft.training.lora import add_lora, load_anchors, lora_layers, penalty, targets_record
 from asft.training.memory_plan import describe_plan, memory_plan
 from asft.training.methods import method_for
@@ -42,14 +45,22 @@ def read_examples(config: TrainConfig, tokenizer) -> tuple[list[dict[str, list[i
     """The training rows encoded with the prompt template (loss on assistant turns only), the
     template resolved for this tokenizer, and the data's content hash. The rows are read by
     ingestion (every source and schema ``asft screen`` takes); a malformed row is an error."""
-    from asft.data.ingest import IngestConfig, ingest
-    from asft.templates import encode_example, resolve_template
+    from asft.templates import resolve_template
 
     template = resolve_template(config.template, tokenizer)  # a bad template fails before the data is read
-    data = ingest(config.data, IngestConfig(on_malformed="fail"))
+    examples, sha256 = encode_rows(config.data, config, tokenizer, template)
+    return examples, template, sha256
+
+
+def encode_rows(source: str, config: TrainConfig, tokenizer, template: str) -> tuple[list[dict[str, list[int]]], str]:
+    """The rows of ``source`` (any source and schema ingestion reads) encoded with ``template``; their content hash."""
+    from asft.data.ingest import IngestConfig, ingest
+    from asft.templates import encode_example
+
+    data = ingest(source, IngestConfig(on_malformed="fail"))
     examples = [encode_example(tokenizer, row.record, template, config.max_length, system_prompt=config.system_prompt)
                 for row in data.rows]
-    return examples, template, data.sha256
+    return examples, data.sha256
 
 
 def resolve_precision(config: TrainConfig, device: torch.device) -> str:
@@ -121,7 +132,8 @@ class LoraRecipe:
     # --- setup ------------------------------------------------------------------------
 
     def setup(self) -> None:
-        """Seed, device, tokenizer and data, the model with LoRA, anchors, optimizer, schedule."""
+        """Seed, device, tokenizer and data (the method's rows), the model with LoRA, anchors, optimizer,
+        schedule, the method's starting state."""
         from asft.modeling import load_tokenizer, pick_device
 
         config = self.config
@@ -133,19 +145,21 @@ class LoraRecipe:
         check_parallel(config, self.world)
         self.tokenizer = load_tokenizer(config.model, trust_remote_code=config.trust_remote_code, padding_side="right")
         self.examples, self.template, self.data_sha256 = read_examples(config, self.tokenizer)
+        read = partial(encode_rows, config=config, tokenizer=self.tokenizer, template=self.template)
+        self.examples, self.sampler = self.method.training_rows(self.examples, read)  # before any model loads
         self.setup_model()
         # DDP wraps the model; FSDP shards it in place (before the optimizer sees its parameters)
         self.trained = wrap_model(self.model, self.world, self.device, config.parallel)
         self.named = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
         self.optimizer = torch.optim.AdamW(list(self.named.values()), lr=config.lr, weight_decay=config.weight_decay)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
-        self.sampler = EpochShuffle(len(self.examples), config.batch_size, config.seed)
-        self.total_steps = self.sampler.steps_per_epoch * config.epochs
+        self.total_steps = self.sampler.steps(config.epochs)
         if config.max_steps:
             self.total_steps = min(self.total_steps, config.max_steps)
         self.memory_plan = memory_plan(self.model, self.anchors, config, self.examples, self.precision, self.world)
         if self.world.is_main:
             print(describe_plan(self.memory_plan), file=sys.stderr)
+        self.method.start(self.named)  # a method with state of its own (Lisa) writes no checkpoints to resume
 
     def setup_model(self) -> None:
         """The model to fine-tune, wrapped with LoRA, and the anchors of its LoRA layers."""
@@ -187,10 +201,10 @@ class LoraRecipe:
     # --- the loop ---------------------------------------------------------------------
 
     def loop(self) -> Loop:
-        config = self.config
-        steps_per_epoch = self.sampler.steps_per_epoch
-        hooks = [self.log_step] + ([self.save_checkpoint] if config.checkpoint_every and self.world.is_main else [])
-        common = {"lr_at": lambda step: config.lr * config.lr_decay ** (step // steps_per_epoch),  # x decay per epoch
+        config, sampler = self.config, self.sampler
+        hooks = [self.log_step, *self.method.hooks()]
+        hooks += [self.save_checkpoint] if config.checkpoint_every and self.world.is_main else []
+        common = {"lr_at": lambda step: config.lr * config.lr_decay ** sampler.epoch(step),  # x decay per epoch
                   "device": self.device, "objective": self.objective, "scaler": self.scaler, "hooks": hooks,
                   "autocast_dtype": {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision),
                   "show_progress": self.world.is_main}
@@ -213,7 +227,8 @@ class LoraRecipe:
         values = torch.stack([t.detach().float() for t in (terms.loss, terms.objective)
                               + (() if terms.penalty is None else (terms.penalty,))])
         loss_value, objective_value, *penalty_value = values.tolist()
-        row = {"step": result.step, "total_steps": result.total_steps, "epoch": result.epoch, "lr": result.lr,
+        row = {"step": result.step, "total_steps": result.total_steps, "epoch": result.epoch,
+               **self.method.step_record(result.step - 1), "lr": result.lr,
                "loss": loss_value, "penalty": penalty_value[0] if penalty_value else None,
                "objective": objective_value}
         stop_if_diverged(row, self.method.divergence_hint())
@@ -260,7 +275,7 @@ class LoraRecipe:
             "direction_sha256": self.direction_sha256,
             "targets": targets_record(self.model, config),
             "steps": self.step,
-            "epochs_done": round(self.step / self.sampler.steps_per_epoch, 3),
+            "epochs_done": round(self.sampler.epochs_done(self.step), 3),
             "final_loss": metrics[-1]["loss"] if metrics else None,
             "final_penalty": metrics[-1]["penalty"] if metrics else None,
             "wall_seconds": round(time.perf_counter() - self.started, 3),
@@ -269,4 +284,5 @@ class LoraRecipe:
             "shuffle": SHUFFLE_NOTE,
             "distributed": {**self.world.record(), "parallel": config.parallel if self.world.size > 1 else None},
             "memory_plan": self.memory_plan,
+            **self.method.record(self.step),
         }

@@ -1,7 +1,7 @@
-"""``train()``: one LoRA fine-tuning job (SFT, AsFT or Safe LoRA) from a ``TrainConfig``.
+"""``train()``: one LoRA fine-tuning job (SFT, AsFT, Safe LoRA, SafeInstr or Lisa) from a ``TrainConfig``.
 
 The pieces: ``recipe.LoraRecipe`` (setup / resume / loop / save), ``loop.Loop`` (the optimizer
-loop, shared with the sandbox builder), ``methods`` (what SFT, AsFT and Safe LoRA add),
+loop, shared with the sandbox builder), ``methods`` (what each method adds to plain SFT),
 ``lora`` (LoRA layers, anchors, penalty), ``adapter`` (the folder written, Safe LoRA of a
 saved adapter), ``checkpoint`` (resumable checkpoints).
 """
@@ -38,7 +38,8 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
     (``distributed``) and rank 0 writes the output.
     """
     started = time.perf_counter()
-    storage.check_output(config.out, "adapter", inputs=(config.model, config.data, config.direction, config.adapter))
+    inputs = (config.model, config.data, config.direction, config.adapter, config.safety_data, config.alignment_data)
+    storage.check_output(config.out, "adapter", inputs=inputs)
     if config.method == "safelora" and config.adapter:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise AsftError("projecting an existing adapter (--adapter) is one process; run it without torchrun/accelerate")
@@ -48,7 +49,7 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
     world = join_world(pick_device(config.device))
     try:
         if config.checkpoint_every and world.is_main:
-            ckpt.prepare(config.checkpoints, inputs=(config.model, config.data, config.direction))
+            ckpt.prepare(config.checkpoints, inputs=inputs)
         world.barrier()
         manifest = LoraRecipe(config, on_step, started, world).run()
     finally:

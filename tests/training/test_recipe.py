@@ -77,7 +77,7 @@ def test_the_loop_starts_where_a_resume_left_off_and_adds_the_objective_terms():
 def test_methods_form_the_objective_and_name_what_to_lower():
     config = TrainConfig(model="m", data="d", out="o", method="asft", direction="v", lam=0.5, lr=1e-4)
     loss, penalty = torch.tensor(2.0), torch.tensor(4.0)
-    assert set(METHODS) == {"sft", "asft", "safelora"}
+    assert set(METHODS) == {"sft", "asft", "safelora", "safeinstr", "lisa"}
     assert method_for(config).objective(loss, penalty).item() == 4.0 and method_for(config).penalty_has_grad
     assert method_for(config).divergence_hint() == "lower --lr (now 0.0001) or --lam (now 0.5)"
     for name in ("sft", "safelora"):
