@@ -19,7 +19,10 @@ Conv1D, GPT-2 family) are transposed, and the manifest lists them (``transposed_
 Output folder: ``direction.safetensors`` (one V per module, keyed by module name, e.g.
 ``model.layers.0.self_attn.q_proj``) and ``manifest.json`` (inputs with content hashes,
 targets and the preset that chose them, modules, shapes, layout, fused q/k/v rows, norms,
-a few singular values, timing, memory).
+a few singular values, timing, memory; ``source``: ``base`` here).
+
+Without a base (``harmful_data`` instead: the AsFT paper's AsFTAlt) the direction is learned
+from a small harmful set (:mod:`asft.harmful_direction`) and written in the same folder format.
 """
 
 from __future__ import annotations
@@ -87,12 +90,24 @@ class _Plan:
 
 
 class DirectionConfig(BaseModel):
-    """Extract the alignment direction from an aligned/base checkpoint pair."""
+    """Extract the alignment direction from an aligned/base checkpoint pair, or learn it from a
+    small harmful set when the aligned model ships without its base (AsFTAlt)."""
 
     model_config = ConfigDict(extra="forbid")
 
     aligned: str = Field(description="Aligned (chat) checkpoint: HF folder with safetensors, local path or URI")
-    base: str = Field(description="Base checkpoint the aligned model was trained from: local path or URI")
+    base: str | None = Field(None, description="Base checkpoint the aligned model was trained from: local path or URI "
+                             "(give base or harmful_data)")
+    harmful_data: str | None = Field(
+        None, description="No base: harmful prompts with compliant answers (any format `asft train` reads); the "
+        "aligned model is LoRA-tuned on them into W_harmful and V = W_aligned - W_harmful (AsFTAlt)")
+    harmful_steps: int = Field(100, ge=1, le=1000, description="harmful_data: optimizer steps of the harmful tuning")
+    harmful_lr: float | None = Field(None, gt=0, le=1.0, description="harmful_data: learning rate (constant); "
+                                     "unset: the harmful_preset's")
+    harmful_seed: int = Field(42, ge=0, description="harmful_data: seed of the LoRA init, dropout and shuffle")
+    harmful_lora_r: int = Field(8, ge=1, le=1024, description="harmful_data: LoRA rank, the rank of each V")
+    harmful_preset: Literal["paper", "sandbox"] = Field(
+        "paper", description="harmful_data: the training preset for batch size, max length and an unset lr")
     out: str = Field(description="Output folder (local path or URI) for direction.safetensors and manifest.json")
     target_modules: list[str] | None = Field(
         None, description="Module names matched as suffixes (q_proj matches model.layers.3.self_attn.q_proj); "
@@ -121,6 +136,19 @@ class DirectionConfig(BaseModel):
         check_target_fields(self.target_modules, self.target_regex)
         return self
 
+    @model_validator(mode="after")
+    def _check_source(self) -> DirectionConfig:
+        if (self.base is None) == (self.harmful_data is None):
+            raise ValueError("give exactly one of base (the checkpoint the aligned model was trained from) and "
+                             "harmful_data (a small harmful set to learn the direction from when there is no base)")
+        # settings at their defaults pass (the pipeline sends every field); a changed one would be ignored
+        unused = sorted(name for name, info in type(self).model_fields.items() if self.base is not None
+                        and name.startswith("harmful_") and name != "harmful_data" and getattr(self, name) != info.default)
+        unused += ["base_sha256"] if self.harmful_data is not None and self.base_sha256 is not None else []
+        if unused:
+            raise ValueError(f"{unused[0]} has no effect with {'base' if self.base else 'harmful_data'}; drop it")
+        return self
+
 
 def top_singular_values(v: torch.Tensor, k: int) -> tuple[list[float], str]:
     """The k largest singular values: exact for small matrices; for large ones the column norms
@@ -140,7 +168,7 @@ def select_modules(files: dict[str, Path], targets: list[str] | tuple[str, ...],
                   if key.endswith(".weight") and module_matches(key[: -len(".weight")], targets, regex))
 
 
-def _stored_tensors(files: dict[str, Path], modules: list[str], what: str) -> dict[str, StoredTensor]:
+def stored_tensors(files: dict[str, Path], modules: list[str], what: str) -> dict[str, StoredTensor]:
     """Module -> where its weight's bytes lie, checked: listed in its shard, a dtype V can be
     computed from, a byte length that matches the shape."""
     headers: dict[Path, dict[str, StoredTensor]] = {}
@@ -163,33 +191,45 @@ def _stored_tensors(files: dict[str, Path], modules: list[str], what: str) -> di
     return stored
 
 
+def aligned_targets(config: DirectionConfig, aligned: Path) -> tuple[Targets, dict[str, Path], list[str]]:
+    """The targets on the aligned checkpoint, its tensor files and the target modules in them."""
+    targets = resolve_targets(model_type(aligned), config.target_modules, config.target_regex,
+                              checkpoint_weights(aligned, "aligned model"), f"aligned model {config.aligned}")
+    files = tensor_files(aligned, "aligned model")
+    return targets, files, select_modules(files, targets.modules or (), targets.regex)
+
+
+def check_matrices(stored: dict[str, StoredTensor], targets: Targets) -> None:
+    """Only 2-D weights have a direction: a target matching a norm's 1-D weight is refused."""
+    for name, t in stored.items():
+        if len(t.shape) != 2:
+            raise AsftError(f"{targets.describe()} match {name}.weight of shape {t.shape}, not a matrix; "
+                            "target linear layers only")
+
+
 def _plan(config: DirectionConfig, aligned: Path, base: Path) -> _Plan:
     """Module list and where each side's weights lie, after every consistency check."""
     a_type, b_type = model_type(aligned), model_type(base)
     if a_type != b_type:
         raise AsftError(f"architectures differ: aligned {config.aligned} is {a_type!r}, base {config.base} is {b_type!r}; "
                         "give the base model the aligned one was trained from")
-    targets = resolve_targets(a_type, config.target_modules, config.target_regex,
-                              checkpoint_weights(aligned, "aligned model"), f"aligned model {config.aligned}")
-    a_files, b_files = tensor_files(aligned, "aligned model"), tensor_files(base, "base model")
-    a_mods = select_modules(a_files, targets.modules or (), targets.regex)
+    targets, a_files, a_mods = aligned_targets(config, aligned)
+    b_files = tensor_files(base, "base model")
     b_mods = select_modules(b_files, targets.modules or (), targets.regex)
-    pattern = targets.describe()
     for side, mods, other, where in (("base", a_mods, set(b_mods), config.base),
                                      ("aligned", b_mods, set(a_mods), config.aligned)):
         missing = [m for m in mods if m not in other]
         if missing:
             raise AsftError(f"module {missing[0]} (and {len(missing) - 1} more) missing from the {side} model {where}; "
                             "the checkpoints must have the same architecture and module names")
-    a_stored = _stored_tensors(a_files, a_mods, f"aligned model {config.aligned}")
-    b_stored = _stored_tensors(b_files, a_mods, f"base model {config.base}")
+    a_stored = stored_tensors(a_files, a_mods, f"aligned model {config.aligned}")
+    b_stored = stored_tensors(b_files, a_mods, f"base model {config.base}")
     for name in a_mods:
         a_shape, b_shape = a_stored[name].shape, b_stored[name].shape
         if a_shape != b_shape:
             raise AsftError(f"shapes differ for {name}: aligned {a_shape}, base {b_shape}; "
                             "the checkpoints must have the same architecture")
-        if len(a_shape) != 2:
-            raise AsftError(f"{pattern} match {name}.weight of shape {a_shape}, not a matrix; target linear layers only")
+    check_matrices(a_stored, targets)
     plan = _Plan(a_mods, a_stored, b_stored, targets, checkpoint_layout(aligned, a_mods))
     _check_fused_rows(plan, config.aligned)
     return plan
@@ -236,7 +276,7 @@ class _Streamed:
     tensors_sha256: dict[str, str] = field(default_factory=dict)
 
 
-def _svd_modules(modules: list[str], count: int) -> set[str]:
+def spread_modules(modules: list[str], count: int) -> set[str]:
     """``count`` modules spread evenly from the first to the last."""
     picks = {round(i * (len(modules) - 1) / max(count - 1, 1)) for i in range(count)}
     return {modules[i] for i in picks}
@@ -247,7 +287,7 @@ def _stream(config: DirectionConfig, plan: _Plan, out: Path, phase: _Phases, rss
     """V = aligned - base module by module, into ``out``, through one reused buffer."""
     modules, a_stored, b_stored = plan.modules, plan.aligned, plan.base
     shapes = {name: a_stored[name].shape for name in modules}
-    svd_names = _svd_modules(modules, config.svd_modules) if config.svd_modules else set()
+    svd_names = spread_modules(modules, config.svd_modules) if config.svd_modules else set()
     v_buffer = torch.empty(max(torch.Size(s).numel() for s in shapes.values()), dtype=torch.float32)
     done, diagnostics = _Streamed(rss_max=rss_start), ThreadPoolExecutor(1, thread_name_prefix="asft-singular-values")
     a_reader, b_reader = TensorReader(), TensorReader()
@@ -285,6 +325,7 @@ def _manifest(config: DirectionConfig, inputs: dict, plan: _Plan, done: _Streame
     shapes = {name: plan.shape(name) for name in modules}
     return {
         "format": FORMAT,
+        "source": "base",
         **inputs,
         **plan.targets.record(),
         "dtype": config.dtype,
@@ -311,7 +352,12 @@ def extract_direction(config: DirectionConfig, progress: Callable[[str], None] |
     The manifest records per input the whole-checkpoint ``sha256`` (``checkpoint_sha256``;
     computed here, on threads beside the streaming, unless the config gives it) and
     ``tensors_sha256``: the sha256 of the target tensors' bytes as stored, in module order.
+    With ``harmful_data`` instead of a base, V is learned (:func:`asft.harmful_direction.learn_direction`).
     """
+    if config.harmful_data is not None:
+        from asft.harmful_direction import learn_direction
+
+        return learn_direction(config, progress)
     storage.check_output(config.out, "direction", inputs=(config.aligned, config.base))
     started, rss_start, phase = time.perf_counter(), rss_mb(), _Phases()
     with phase("plan"):

@@ -247,3 +247,19 @@ def test_stored_dtype_hash_and_file_errors(tmp_path):
     with pytest.raises(AsftError, match="not a valid safetensors file"):
         extract_direction(DirectionConfig(aligned=str(good), base=str(base), out=str(tmp_path / "d")))
     assert not (tmp_path / "d").exists()
+
+
+def test_a_direction_comes_from_exactly_one_of_base_and_harmful_data(llama_pair, tmp_path):
+    aligned, base = llama_pair
+    where = {"aligned": str(aligned), "out": str(tmp_path / "d")}
+    for sources in ({}, {"base": str(base), "harmful_data": "rows.jsonl"}):
+        with pytest.raises(ValidationError, match="exactly one of base .* and harmful_data"):
+            DirectionConfig(**where, **sources)
+    with pytest.raises(ValidationError, match="harmful_steps has no effect with base"):
+        DirectionConfig(**where, base=str(base), harmful_steps=5)
+    with pytest.raises(ValidationError, match="base_sha256 has no effect with harmful_data"):
+        DirectionConfig(**where, harmful_data="rows.jsonl", base_sha256="ab" * 32)
+    # every setting at its default passes (the pipeline sends them all)
+    defaults = {k: v for k, v in DirectionConfig(**where, base=str(base)).model_dump().items() if k.startswith("harmful_")}
+    assert DirectionConfig(**where, base=str(base), **defaults).base == str(base)
+    assert extract_direction(DirectionConfig(**where, base=str(base)))["source"] == "base"

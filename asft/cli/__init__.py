@@ -20,6 +20,7 @@ from asft.cli import sandbox  # noqa: E402,F401
 from asft.cli import screen  # noqa: E402,F401
 from asft.cli import evaluate  # noqa: E402,F401
 from asft.cli import direction  # noqa: E402,F401
+from asft.cli import lox  # noqa: E402,F401
 from asft.cli import train  # noqa: E402,F401
 from asft.cli import landscape  # noqa: E402,F401
 from asft.cli import inspect  # noqa: E402,F401

@@ -1,4 +1,5 @@
-"""``asft direction``: the alignment direction V = W_aligned - W_base, streamed shard by shard."""
+"""``asft direction``: the alignment direction V = W_aligned - W_base, streamed shard by shard, or,
+without a base, learned from a small harmful set (``--harmful-data``: V = W_aligned - W_harmful)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,14 @@ from asft.cli.app import JSON_OPTION, app, emit, progress
 
 
 
-@config_args.command(app, "direction", config_args.Spec("asft.direction:DirectionConfig", essentials=("aligned", "base", "out")))
+@config_args.command(app, "direction", config_args.Spec("asft.direction:DirectionConfig", essentials=("aligned", "base", "harmful_data", "out")))
 def direction(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
-    """Extract V = W_aligned - W_base for the target modules into direction.safetensors + manifest.json."""
+    """Extract V = W_aligned - W_base (or learn V = W_aligned - W_harmful from --harmful-data) for the target
+    modules into direction.safetensors + manifest.json."""
     from asft.direction import extract_direction
 
     config = config_args.build(ctx)
     manifest = extract_direction(config, progress=progress)
-    emit({"direction": config.out, **{k: manifest[k] for k in (
-        "direction_sha256", "dtype", "seconds", "rss_growth_mb", "peak_rss_mb", "largest_tensor_mb")},
+    emit({"direction": config.out, "source": manifest["source"], **{k: manifest[k] for k in (
+        "direction_sha256", "dtype", "seconds", "rss_growth_mb", "peak_rss_mb", "largest_tensor_mb") if k in manifest},
         "modules": len(manifest["modules"])}, as_json)
