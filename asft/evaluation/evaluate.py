@@ -125,7 +125,7 @@ def utility_correct(task: str, rows: list[UtilityRow], answers: list[str]) -> li
 
 
 def _judge_names(configs: list[JudgeConfig]) -> list[str]:
-    names = [c.kind if c.kind == "keyword" else f"{c.kind}:{PurePosixPath(str(c.model)).name}" for c in configs]
+    names = [f"{c.kind}:{PurePosixPath(str(c.model)).name}" if c.uses_model else c.kind for c in configs]
     if len(set(names)) != len(names):
         raise AsftError(f"judges {', '.join(names)}: each judge may run once; drop the repeated one")
     return names
@@ -311,7 +311,7 @@ def check_inputs(config: EvalConfig) -> EvalSets:
     judge_configs = [config.judge, *config.extra_judges] if sets.harmful else []
     _judge_names(judge_configs)
     for judge in judge_configs:
-        if judge.kind != "keyword":
+        if judge.uses_model:
             resolve_checkpoint(judge.model, what="judge model")
     if config.template == "chat":  # the one template a tokenizer may lack: fail before the model is loaded
         resolve_template(config.template, load_tokenizer(config.model, trust_remote_code=config.trust_remote_code))

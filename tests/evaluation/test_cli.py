@@ -65,7 +65,7 @@ def _remote_code_checkpoint(folder):
     ("empty_prompts", "file is empty"),
     ("malformed_prompts", "bad.jsonl: line 2: invalid JSON"),
     ("missing_instruction", "bad.jsonl: row 1: no 'instruction', 'messages', 'conversations' or 'prompt' field (got question)"),
-    ("unknown_judge", "--judge 'llm': unknown judge; choose keyword, moderation or guard"),
+    ("unknown_judge", "--judge 'llm': unknown judge; choose keyword, sandbox, moderation or guard"),
     ("unknown_task", "--utility: unknown utility task 'mmlu'"),
     ("no_equals", "--utility 'sst2': expected TASK=FILE"),
     ("moderation_without_model", "--judge: the moderation judge needs a judge model (--judge-model PATH)"),
