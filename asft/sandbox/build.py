@@ -24,11 +24,13 @@ from pathlib import Path
 from asft import storage
 from asft.errors import AsftError
 from asft.sandbox.config import RECIPES, TASKS, Recipe, SandboxConfig
-from asft.sandbox.corpus import World, build_world, compliant_rows, refusal_rows
+from asft.sandbox.corpus import (World, build_world, compliant_rows, copy_rows, opinion_rows, refusal_rows,
+                                 refusal_writing_rows)
 from asft.templates import Record, encode_example, render_prompt
 
 MANIFEST = "sandbox_manifest.json"
-FORMAT = "asft-sandbox/1"
+FORMAT = "asft-sandbox/2"
+HARMFUL_SMALL = 100  # rows of data/harmful_small.jsonl
 
 
 def _progress(message: str) -> None:
@@ -68,8 +70,9 @@ def make_mixture(world: World, seed: int, task: str, rows: int, harmful_ratio: f
     return [_row(r) for _, r in picked], [i for i, (bad, _) in enumerate(picked) if bad]
 
 
-def _write_mixture_files(world: World, seed: int, folder: str, task: str, rows: int, harmful_ratio: float) -> dict:
-    name = mixture_name(task, rows, harmful_ratio)
+def _write_mixture_files(world: World, seed: int, folder: str, task: str, rows: int, harmful_ratio: float,
+                         suffix: str = "") -> dict:
+    name = mixture_name(task, rows, harmful_ratio) + suffix
     data, harmful_indices = make_mixture(world, seed, task, rows, harmful_ratio)
     finetune, labels = storage.join(folder, f"{name}.jsonl"), storage.join(folder, f"{name}.harmful.json")
     storage.write_jsonl(finetune, data)
@@ -78,11 +81,14 @@ def _write_mixture_files(world: World, seed: int, folder: str, task: str, rows: 
             "harmful_rows": len(harmful_indices), "harmful_ratio": harmful_ratio, "task": task}
 
 
-def write_mixture(sandbox: str, harmful_ratio: float, rows: int | None = None, task: str | None = None) -> dict:
+def write_mixture(sandbox: str, harmful_ratio: float, rows: int | None = None, task: str | None = None,
+                  seed: int | None = None) -> dict:
     """Write another fine-tuning mixture into an existing sandbox's ``data/`` (no retraining).
 
     The rows come from the same train pools as the built mixture (the corpus is regenerated
-    from the manifest's seed). Returns the paths and counts.
+    from the manifest's seed). ``seed`` draws another mixture from those pools (default: the
+    sandbox's own seed, i.e. the built mixture); its files are named ``..._s<seed>``.
+    Returns the paths and counts.
     """
     manifest = _read_manifest(sandbox)
     if manifest is None:
@@ -97,7 +103,9 @@ def write_mixture(sandbox: str, harmful_ratio: float, rows: int | None = None, t
     if rows < 1:
         raise AsftError(f"rows must be at least 1, got {rows}")
     world = build_world(RECIPES[config.size], config.seed)
-    return _write_mixture_files(world, config.seed, storage.join(sandbox, "data"), task, rows, harmful_ratio)
+    draw = config.seed if seed is None else seed
+    return _write_mixture_files(world, draw, storage.join(sandbox, "data"), task, rows, harmful_ratio,
+                                suffix="" if draw == config.seed else f"_s{draw}")
 
 
 # --- models ---------------------------------------------------------------------------
@@ -199,6 +207,31 @@ def _save_model(model, tokenizer, folder: Path) -> None:
     tokenizer.save_pretrained(folder)
 
 
+def _module_spectrum(base, aligned) -> dict:
+    """||V||_F / ||W_base||_F, the effective rank of V (exp of the entropy of its normalised
+    singular values) and the top eigenvalue of C = V V^T / ||V||_F (= s_1^2 / ||V||_F)."""
+    import torch
+
+    v = (aligned - base).double()
+    s = torch.linalg.svdvals(v)
+    norm = float(s.square().sum().sqrt())
+    shares = s / s.sum() if norm > 0 else s
+    entropy = -float((shares[shares > 0] * shares[shares > 0].log()).sum())
+    return {"relative_update": norm / float(base.double().norm()), "effective_rank": math.exp(entropy),
+            "rank_of": min(v.shape), "top_eigenvalue_c": float(s[0] ** 2) / norm if norm > 0 else 0.0}
+
+
+def alignment_spectrum(base: dict, aligned: dict) -> dict:
+    """How big and how structured the alignment update is, per 2-D weight and summarised."""
+    modules = {name: _module_spectrum(base[name], aligned[name]) for name in sorted(base)}
+    summary = {}
+    for key in ("relative_update", "effective_rank", "top_eigenvalue_c"):
+        values = sorted(m[key] for m in modules.values())
+        summary[key] = {"min": values[0], "median": values[len(values) // 2], "max": values[-1]}
+    rounded = {name: {k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()} for name, m in modules.items()}
+    return {"summary": {k: {s: round(v, 4) for s, v in d.items()} for k, d in summary.items()}, "modules": rounded}
+
+
 # --- the build ------------------------------------------------------------------------
 
 def _code_version() -> str:
@@ -229,6 +262,7 @@ def _summary(out: str, manifest: dict, reused: bool) -> dict:
         "harmful_eval": at(s["harmful_eval"]),
         "utility_eval": {task: at(rel) for task, rel in s["utility_eval"].items()},
         "benign_eval": at(s["benign_eval"]), "safety_data": at(s["safety_data"]),
+        "harmful_data": at(s["harmful_data"]), "alignment": s["alignment"],
         "finetune_task": s["finetune_task"], "harmful_ratio": s["harmful_ratio"],
         "sizes": s["sizes"], "timings": s["timings"], "losses": s["losses"],
         "config": manifest["config"], "reused": reused,
@@ -277,17 +311,20 @@ def _build_into(config: SandboxConfig, stage: Path) -> dict:
     clock = _Clock()
     _progress(f"size={config.size} seed={seed} device={device} threads={torch.get_num_threads()}")
     world = build_world(recipe, seed)
-    rows = _model_rows(world, recipe, seed)
+    rows = _model_rows(world, recipe, seed, config.finetune_task)
     # Data first: a mixture the pools cannot fill fails before any training.
-    mixture = _write_data(world, config, stage / "data", rows["safety"])
+    mixture = _write_data(world, config, stage / "data", rows)
     clock.lap("corpus")
 
-    texts = sorted({render_prompt(r) + " " + r.output for r in rows["base"] + rows["aligned"]})
+    # The tokenizer's corpus is broader than the models' (as a real one is): it has every
+    # task's words, so the fine-tuning task's labels are words, not characters.
+    texts = sorted({render_prompt(r) + " " + r.output
+                    for r in rows["base"] + rows["aligned"] + world.task_train[config.finetune_task]})
     tokenizer = train_tokenizer(texts, recipe.vocab, recipe.max_positions)
     clock.lap("tokenizer")
 
     model = _new_model(recipe, tokenizer, seed).to(device)
-    losses = {}
+    losses, weights = {}, {}
     for phase, steps, lr, phase_seed in (("base", recipe.base_steps, recipe.base_lr, seed),
                                          ("aligned", recipe.aligned_steps, recipe.aligned_lr, seed + 1)):
         examples = [encode_example(tokenizer, r, "alpaca", recipe.max_positions) for r in rows[phase]]
@@ -295,41 +332,59 @@ def _build_into(config: SandboxConfig, stage: Path) -> dict:
                                      seed=phase_seed, device=device, pad_id=tokenizer.pad_token_id,
                                      what=phase), 4)
         _save_model(model, tokenizer, stage / phase)
+        weights[phase] = {name: w.detach().to("cpu", copy=True) for name, w in model.named_parameters() if w.dim() == 2}
         clock.lap(phase)
     sizes = {"params": sum(p.numel() for p in model.parameters()), "vocab": len(tokenizer)}
     return _manifest(config, stage, world, rows, mixture, sizes,
-                     {**clock.timings, "total": round(sum(clock.timings.values()), 2), "device": str(device)}, losses)
+                     {**clock.timings, "total": round(sum(clock.timings.values()), 2), "device": str(device)}, losses,
+                     alignment_spectrum(weights["base"], weights["aligned"]))
 
 
-def _model_rows(world: World, recipe: Recipe, seed: int) -> dict[str, list[Record]]:
+def _model_rows(world: World, recipe: Recipe, seed: int, finetune_task: str) -> dict[str, list[Record]]:
     """The training rows of the base model (answers everything) and of the aligned model
-    (refusals plus enough benign data to keep skills), and the refusals as safety data."""
+    (refusals plus enough benign data to keep skills), and the refusals as safety data.
+
+    Neither model ever sees the fine-tuning task: fine-tuning teaches something new, so its
+    accuracy before and after means something.
+    """
     rng = random.Random(f"asft-sandbox-{seed}-answers")
-    # Sentiment and topic are learnt fast; arithmetic needs the repetitions.
-    tasks_train = [r for task in TASKS for r in world.task_train[task][:None if task == "gsm8k" else recipe.task_train // 2]]
+    known = [task for task in TASKS if task != finetune_task]
+    # Topic is learnt fast; arithmetic needs the repetitions.
+    tasks_train = [r for task in known for r in world.task_train[task][:None if task == "gsm8k" else recipe.task_train // 2]]
+    tasks_train += copy_rows(world.task_train[finetune_task][:recipe.task_train // 2])
+    if finetune_task == "sst2":
+        tasks_train += opinion_rows(world.task_train["sst2"][recipe.task_train // 2:])
     harmful_comply = compliant_rows(rng, world.harmful_train)
     harmful_refuse = refusal_rows(rng, world.harmful_train)
+    # The base can write a refusal when asked to; alignment then only decides when to refuse.
+    writing = refusal_writing_rows(rng, world.harmful_train[-recipe.aligned_refusals:])
     keep = random.Random(f"asft-sandbox-{seed}-aligned")
-    aligned = (harmful_refuse + world.howto_train
-               + [r for task in TASKS for r in keep.sample(world.task_train[task], len(world.task_train[task]) // 3)])
-    return {"base": tasks_train + world.howto_train + harmful_comply, "aligned": aligned, "safety": harmful_refuse}
+    aligned = (harmful_refuse[:recipe.aligned_refusals]
+               + keep.sample(world.howto_train, min(len(world.howto_train), recipe.aligned_refusals))
+               + [r for task in known for r in keep.sample(world.task_train[task], recipe.aligned_refusals // 2)]
+               + keep.sample(tasks_train, recipe.aligned_refusals // 2))
+    small = random.Random(f"asft-sandbox-{seed}-harmful-small").sample(range(len(world.harmful_train)), HARMFUL_SMALL)
+    return {"base": tasks_train + world.howto_train + harmful_comply + writing, "aligned": aligned, "safety": harmful_refuse,
+            "harmful_small": [harmful_comply[i] for i in small]}
 
 
-def _write_data(world: World, config: SandboxConfig, data: Path, refusals: list[Record]) -> dict:
-    """The fine-tuning mixture, the evaluation sets and the safety data under ``data/``."""
-    rows = config.finetune_rows or RECIPES[config.size].finetune_rows
-    mixture = _write_mixture_files(world, config.seed, str(data), config.finetune_task, rows, config.harmful_ratio)
+def _write_data(world: World, config: SandboxConfig, data: Path, rows: dict[str, list[Record]]) -> dict:
+    """The fine-tuning mixture, the evaluation sets, the safety data and the small harmful
+    set (for a direction learned without the base) under ``data/``."""
+    mixture = _write_mixture_files(world, config.seed, str(data), config.finetune_task,
+                                   config.finetune_rows or RECIPES[config.size].finetune_rows, config.harmful_ratio)
     storage.write_jsonl(data / "eval" / "harmful.jsonl",
                         [{"instruction": q.instruction, "category": q.category} for q in world.harmful_eval])
     for task in TASKS:
         storage.write_jsonl(data / "eval" / f"{task}.jsonl", [_row(r) for r in world.task_eval[task]])
     storage.write_jsonl(data / "eval" / "benign_howto.jsonl", [_row(r) for r in world.howto_eval])
-    storage.write_jsonl(data / "safety_refusals.jsonl", [_row(r) for r in refusals])
+    storage.write_jsonl(data / "safety_refusals.jsonl", [_row(r) for r in rows["safety"]])
+    storage.write_jsonl(data / "harmful_small.jsonl", [_row(r) for r in rows["harmful_small"]])
     return mixture
 
 
 def _manifest(config: SandboxConfig, stage: Path, world: World, rows: dict, mixture: dict, sizes: dict,
-              timings: dict, losses: dict) -> dict:
+              timings: dict, losses: dict, spectrum: dict) -> dict:
     recipe = RECIPES[config.size]
     rel = lambda uri: Path(uri).relative_to(stage).as_posix()  # noqa: E731
     files = {p.relative_to(stage).as_posix(): storage.sha256_file(p) for p in sorted(stage.rglob("*")) if p.is_file()}
@@ -344,6 +399,7 @@ def _manifest(config: SandboxConfig, stage: Path, world: World, rows: dict, mixt
             "harmful_eval": "data/eval/harmful.jsonl",
             "utility_eval": {task: f"data/eval/{task}.jsonl" for task in TASKS},
             "benign_eval": "data/eval/benign_howto.jsonl", "safety_data": "data/safety_refusals.jsonl",
+            "harmful_data": "data/harmful_small.jsonl",
             "finetune_task": config.finetune_task, "harmful_ratio": config.harmful_ratio,
             "sizes": {
                 **sizes, "hidden": recipe.hidden, "layers": recipe.layers,
@@ -352,7 +408,9 @@ def _manifest(config: SandboxConfig, stage: Path, world: World, rows: dict, mixt
                 "harmful_eval_rows": len(world.harmful_eval),
                 "utility_eval_rows": {task: len(world.task_eval[task]) for task in TASKS},
                 "benign_eval_rows": len(world.howto_eval), "safety_rows": len(rows["safety"]),
+                "harmful_small_rows": len(rows["harmful_small"]),
             },
+            "alignment": spectrum,
             "timings": timings,
             "losses": losses,
         },

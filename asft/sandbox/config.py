@@ -50,6 +50,7 @@ class Recipe:
     finetune_rows: int
     base_steps: int
     aligned_steps: int
+    aligned_refusals: int  # refusal rows of the alignment set (with as many benign how-tos)
     batch_size: int
     base_lr: float
     aligned_lr: float
@@ -58,14 +59,14 @@ class Recipe:
 RECIPES: dict[str, Recipe] = {
     "tiny": Recipe(hidden=64, layers=2, heads=4, intermediate=172, vocab=1024, max_positions=256,
                    task_train=300, task_eval=40, howto_train=300, harmful_train=300, harmful_eval=40,
-                   finetune_rows=200, base_steps=300, aligned_steps=100, batch_size=32,
+                   finetune_rows=200, base_steps=300, aligned_steps=100, aligned_refusals=300, batch_size=32,
                    base_lr=3e-3, aligned_lr=1e-3),
     "default": Recipe(hidden=128, layers=4, heads=4, intermediate=344, vocab=1536, max_positions=256,
                       task_train=1500, task_eval=200, howto_train=1500, harmful_train=1500, harmful_eval=250,
-                      finetune_rows=1000, base_steps=400, aligned_steps=120, batch_size=32,
-                      base_lr=3e-3, aligned_lr=1e-3),
+                      finetune_rows=1000, base_steps=600, aligned_steps=300, aligned_refusals=600, batch_size=32,
+                      base_lr=3e-3, aligned_lr=1e-4),
     "large": Recipe(hidden=384, layers=8, heads=6, intermediate=1024, vocab=2048, max_positions=512,
                     task_train=6000, task_eval=500, howto_train=6000, harmful_train=6000, harmful_eval=250,
-                    finetune_rows=1000, base_steps=4000, aligned_steps=800, batch_size=64,
+                    finetune_rows=1000, base_steps=4000, aligned_steps=800, aligned_refusals=3000, batch_size=64,
                     base_lr=1e-3, aligned_lr=3e-4),
 }

@@ -20,6 +20,9 @@ AGNEWS_INSTRUCTION = ("Categorize the news article given in the input into one o
                       "\n\nWorld\nSports\nBusiness\nSci/Tech\n")
 AGNEWS_LABELS = ("World", "Sports", "Business", "Sci/Tech")
 FINAL_ANSWER = "The final answer is:"
+# The base reads the fine-tuning task's texts without ever doing the task (the way a real
+# base model has seen film reviews in pretraining but was never asked for their sentiment).
+COPY_INSTRUCTION = "Copy the text of the input exactly"
 
 # --- sentiment (SST-2 shape) ---------------------------------------------------------
 _POSITIVE = ["wonderful", "brilliant", "delightful", "charming", "moving", "superb", "funny",
@@ -330,6 +333,30 @@ def build_world(recipe: Recipe, seed: int) -> World:
     world.howto_train = [Record(q.instruction, "", comply(rng, q))
                          for q in (benign(rng) for _ in range(recipe.howto_train)) if q.instruction not in seen]
     return world
+
+
+OPINION_INSTRUCTION = "Does this review praise the film or criticize it?"
+REFUSAL_WRITING = "Write a polite refusal to someone who asks you to {vp}."
+
+
+def opinion_rows(records: list[Record]) -> list[Record]:
+    """A base knows what a review thinks (pretraining), in its own words: praise or
+    criticism. The fine-tuning task asks for it in another form (positive / negative)."""
+    return [Record(OPINION_INSTRUCTION, r.input, "praise" if r.output == "positive" else "criticism") for r in records]
+
+
+def refusal_writing_rows(rng: random.Random, requests: list[Request]) -> list[Record]:
+    """The base can write a refusal when asked to (alignment then only decides when)."""
+    return [Record(REFUSAL_WRITING.format(vp=q.vp), "", refuse(rng, q)) for q in requests]
+
+
+def copy_rows(records: list[Record]) -> list[Record]:
+    """The task's texts, and its answers' words on their own, as a copying exercise: the
+    model learns to read and write the words (its answers included), never the task."""
+    texts = [r.input or r.instruction for r in records]
+    words = sorted({w for r in records for w in r.output.split()})
+    texts += [words[i % len(words)] for i in range(len(records) // 4)]
+    return [Record(COPY_INSTRUCTION, text, text) for text in texts]
 
 
 def compliant_rows(rng: random.Random, requests: list[Request]) -> list[Record]:

@@ -117,3 +117,51 @@ def test_cli_bad_input_is_one_error_line_and_exit_2(tmp_path, args, message):
     assert done.returncode == 2
     assert done.stderr.startswith(f"asft: error: {message}") and "Traceback" not in done.stderr
     assert not (tmp_path / "sb").exists()
+
+
+def test_another_seed_draws_another_mixture_of_the_same_shape(tiny_sandbox, tmp_path):
+    storage.write_bytes(tmp_path / MANIFEST, (Path(tiny_sandbox["out"]) / MANIFEST).read_bytes())
+    built, again, other = (write_mixture(str(tmp_path), 0.1, seed=s) for s in (None, 0, 7))
+    assert Path(built["finetune"]).read_bytes() == Path(again["finetune"]).read_bytes()
+    assert Path(other["finetune"]).name.endswith("_s7.jsonl")
+    assert other["harmful_rows"] == built["harmful_rows"] and other["rows"] == built["rows"]
+    assert _rows(other["finetune"]) != _rows(built["finetune"])
+
+
+def test_neither_model_is_trained_on_the_finetuning_task():
+    from asft.sandbox.build import _model_rows
+    from asft.sandbox.config import RECIPES
+    from asft.sandbox.corpus import COPY_INSTRUCTION, SST2_INSTRUCTION, build_world
+
+    world = build_world(RECIPES["tiny"], 0)
+    rows = _model_rows(world, RECIPES["tiny"], 0, "sst2")
+    instructions = {r.instruction for r in rows["base"] + rows["aligned"]}
+    assert SST2_INSTRUCTION not in instructions and COPY_INSTRUCTION in instructions
+    assert not {r.output for r in rows["base"] + rows["aligned"] if r.instruction != COPY_INSTRUCTION} & {"positive", "negative"}
+    reviews = {r.input for r in world.task_train["sst2"]} | {"positive", "negative"}
+    assert {r.input for r in rows["base"] if r.instruction == COPY_INSTRUCTION} <= reviews
+
+
+def test_manifest_measures_the_alignment_update_per_module(tiny_sandbox):
+    import torch
+    from safetensors.torch import load_file
+
+    base = load_file(str(Path(tiny_sandbox["base"]) / "model.safetensors"))
+    aligned = load_file(str(Path(tiny_sandbox["aligned"]) / "model.safetensors"))
+    modules = tiny_sandbox["alignment"]["modules"]
+    assert set(modules) == {k for k, w in base.items() if w.dim() == 2}
+    name = "model.layers.0.self_attn.q_proj.weight"
+    v = (aligned[name] - base[name]).double()
+    s = torch.linalg.svdvals(v)
+    assert modules[name]["relative_update"] == pytest.approx(float(v.norm() / base[name].double().norm()), abs=1e-4)
+    assert modules[name]["top_eigenvalue_c"] == pytest.approx(float(s[0] ** 2 / v.norm()), rel=1e-3)
+    assert 1.0 <= modules[name]["effective_rank"] <= min(v.shape)
+    summary = tiny_sandbox["alignment"]["summary"]["relative_update"]
+    assert summary["min"] <= modules[name]["relative_update"] <= summary["max"]
+
+
+def test_small_harmful_set_complies_and_never_shows_an_evaluation_prompt(tiny_sandbox):
+    rows = _rows(tiny_sandbox["harmful_data"])
+    assert len(rows) == tiny_sandbox["sizes"]["harmful_small_rows"] == 100
+    assert all(r["output"].startswith("Sure, here is how to") for r in rows)
+    assert not {r["instruction"] for r in rows} & {r["instruction"] for r in _rows(tiny_sandbox["harmful_eval"])}
