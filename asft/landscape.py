@@ -3,13 +3,18 @@ direction and narrow across it?
 
 On the target modules the weights are moved to
 
-    theta(a, b) = W_aligned + a * d_aligned + b * d_perp
+    theta(a, b, s) = W_aligned + a * d_aligned + b * d_perp + s * d_sft
 
 with ``d_aligned = V`` (the direction step's ``W_aligned - W_base``, so ``a = -1`` is the base
-model on those modules) and ``d_perp`` a seeded Gaussian direction, made orthogonal to V per
+model on those modules), ``d_perp`` a seeded Gaussian direction and ``d_sft`` the update
+dW = (alpha/r) B A of a fine-tuning adapter (``--adapter``: e.g. SFT of the aligned model on
+harmful data, the direction fine-tuning actually takes). Both are made orthogonal to V per
 module (Gram-Schmidt on the flattened matrices) and rescaled to V's Frobenius norm per
-module. Coordinates are therefore in units of the direction's norm: ``a = 1`` is a step of
-``||V||``. Norm layers and everything outside the target modules stay untouched.
+module; for d_sft the removed part, cos(dW, V) per module, is reported. Coordinates are
+therefore in units of the direction's norm: ``a = 1`` is a step of ``||V||``. 1d mode sweeps
+each axis alone (``s`` only with an adapter); 2d mode sweeps a against one axis across V
+(``across``: b, the random one, or s). Norm layers and everything outside the target modules
+stay untouched.
 Targets are the direction's modules by default; ``modules="all"`` takes every 2-D weight
 (embeddings and LM head included) with ``d_aligned = W_aligned - W_base`` read from the base
 checkpoint, so that ``a = -1`` is exactly the base model.
@@ -56,7 +61,10 @@ class LandscapeConfig(BaseModel):
     mode: Literal["1d", "2d"] = Field("1d", description="1d: a slice along each axis (cheap); 2d: the full grid")
     points: int = Field(9, ge=2, le=101, description="Grid points per axis (0 is always added when the range misses it)")
     range_a: tuple[float, float] = Field((-1.0, 1.0), description="Range of a, along the alignment direction, in units of ||V||")
-    range_b: tuple[float, float] = Field((-1.0, 1.0), description="Range of b, along the orthogonal random direction, in units of ||V||")
+    range_b: tuple[float, float] = Field((-1.0, 1.0), description="Range across V, in units of ||V||: of b (the random "
+                                         "orthogonal direction) and of s (the adapter's update orthogonal to V)")
+    across: Literal["random", "sft"] = Field("random", description="2d mode: the axis across V of the grid, the random "
+                                             "direction or the adapter's update (needs the adapter)")
     threshold: float = Field(20.0, ge=0.0, le=100.0, description="Harmful score (%) at or below which a point is inside the basin")
     limit: int = Field(32, ge=1, le=100_000, description="Harmful prompts scored at each point (the first N of the file)")
     max_new_tokens: int = Field(16, ge=1, le=2048, description="Answer length; a refusal shows in the first few tokens")
@@ -82,24 +90,63 @@ class LandscapeConfig(BaseModel):
 
 # ---------------------------------------------------------------- directions
 
+def _orthogonal_with_norm(V: torch.Tensor, R: torch.Tensor, name: str, what: str) -> torch.Tensor:
+    """``R`` made orthogonal to V (flattened; Gram-Schmidt twice, "twice is enough", in
+    float64) and rescaled to ||V||, as float32."""
+    V, R = V.to(torch.float64), R.to(torch.float64).clone()
+    vv = float((V * V).sum())
+    if vv == 0.0:
+        raise AsftError(f"direction module {name}: V is all zeros (aligned == base there); rebuild the direction or drop the module")
+    for _ in range(2):
+        R -= (float((R * V).sum()) / vv) * V
+    norm = float(torch.linalg.norm(R))
+    if norm <= 1e-12 * math.sqrt(vv):
+        raise AsftError(f"module {name}: {what} has no part orthogonal to V (zero or parallel to V), so it gives "
+                        "no axis across V there")
+    return (R * (math.sqrt(vv) / norm)).float()
+
+
 def perpendicular_direction(vectors: Mapping[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
     """Per module: a seeded Gaussian matrix, orthogonal to V (flattened) and with V's norm.
 
     Drawn in sorted module order from one CPU generator, so the same seed and modules give
-    the same direction on any device. Gram-Schmidt runs twice ("twice is enough") in float64.
+    the same direction on any device.
     """
     generator = torch.Generator().manual_seed(seed)
     perp = {}
     for name in sorted(vectors):
         V = vectors[name].detach().to("cpu", torch.float64)
         R = torch.randn(V.shape, generator=generator, dtype=torch.float64)
-        vv = float((V * V).sum())
-        if vv == 0.0:
-            raise AsftError(f"direction module {name}: V is all zeros (aligned == base there); rebuild the direction or drop the module")
-        for _ in range(2):
-            R -= (float((R * V).sum()) / vv) * V
-        perp[name] = (R * (math.sqrt(vv) / float(torch.linalg.norm(R)))).float()
+        perp[name] = _orthogonal_with_norm(V, R, name, "the random direction")
     return perp
+
+
+def sft_direction(vectors: Mapping[str, torch.Tensor], updates: Mapping[str, ModuleUpdate],
+                  adapter: str) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
+    """Per module: the adapter's update dW = (alpha/r) B A made orthogonal to V and rescaled to
+    ||V||, and what was removed (``cos_with_V`` = cos(dW, V), and ||dW||).
+
+    The adapter must cover exactly the direction's modules: a module without an sft axis
+    would make the axis a mix of trained and untrained parts.
+    """
+    missing, extra = sorted(set(vectors) - set(updates)), sorted(set(updates) - set(vectors))
+    problems = ([f"{len(missing)} direction modules have no update, such as {missing[0]}"] if missing else []) + \
+               ([f"{len(extra)} updated modules are not in the direction, such as {extra[0]}"] if extra else [])
+    if problems:
+        raise AsftError(f"adapter {adapter}: its modules do not match the direction's ({'; '.join(problems)}); "
+                        "give an adapter trained on the direction's target modules of this model")
+    axis, removed = {}, {}
+    for name in sorted(vectors):
+        V = vectors[name].detach().to("cpu", torch.float64)
+        dW = updates[name].dense().detach().to("cpu", torch.float64)
+        if tuple(dW.shape) != tuple(V.shape):
+            raise AsftError(f"adapter {adapter}: module {name} has an update of shape {tuple(dW.shape)} but the direction "
+                            f"has {tuple(V.shape)}; give an adapter trained on this model")
+        norm = float(torch.linalg.norm(dW))
+        cos = float((dW * V).sum()) / (norm * float(torch.linalg.norm(V))) if norm > 0 else None
+        axis[name] = _orthogonal_with_norm(V, dW, name, f"the update of adapter {adapter}")
+        removed[name] = {"cos_with_V": cos, "update_norm": norm}
+    return axis, removed
 
 
 def target_weight(model: torch.nn.Module, name: str) -> tuple[torch.nn.Parameter, bool]:
@@ -174,12 +221,27 @@ def axis_values(low: float, high: float, points: int) -> list[float]:
     return sorted(set(values) | {0.0})
 
 
-def grid_points(config: LandscapeConfig) -> list[tuple[float, float]]:
-    a_values = axis_values(*config.range_a, config.points)
-    b_values = axis_values(*config.range_b, config.points)
+# Coordinate keys of the axes (grid.csv columns) and their names in the summary (width_<name>).
+AXIS_NAMES = {"a": "aligned", "b": "perp", "s": "sft"}
+
+
+def swept_axes(config: LandscapeConfig, sft: bool) -> tuple[str, ...]:
+    """The coordinates a sweep varies: 1d every axis it has (s with an adapter), 2d a and the one across."""
     if config.mode == "2d":
-        return [(a, b) for b in b_values for a in a_values]
-    return [(a, 0.0) for a in a_values] + [(0.0, b) for b in b_values if b != 0.0]
+        return ("a", "s" if config.across == "sft" else "b")
+    return ("a", "b", "s") if sft else ("a", "b")
+
+
+def grid_points(config: LandscapeConfig, axes: Sequence[str] = ("a", "b")) -> list[tuple[float, ...]]:
+    """The points, as coordinates on ``axes``: 1d a slice along each axis (the others at 0,
+    the origin once), 2d the product of the first two."""
+    values = [axis_values(*(config.range_a if axis == "a" else config.range_b), config.points) for axis in axes]
+    if config.mode == "2d":
+        return [(a, c) for c in values[1] for a in values[0]]
+    points = []
+    for i, line in enumerate(values):
+        points += [tuple(v if j == i else 0.0 for j in range(len(axes))) for v in line if i == 0 or v != 0.0]
+    return points
 
 
 def basin_width(xs: Sequence[float], scores: Sequence[float], threshold: float) -> dict:
@@ -320,43 +382,52 @@ def _log_to_run(run_id: str, out: str, summary: dict) -> None:
     from asft import registry
 
     registry.log_artifacts(run_id, out, "landscape")
-    registry.log_metrics(run_id, {f"landscape_{key}": summary[key] for key in ("width_aligned", "width_perp", "seconds_per_point")})
+    keys = [f"width_{name}" for name in AXIS_NAMES.values() if summary[f"width_{name}"] is not None] + ["seconds_per_point"]
+    registry.log_metrics(run_id, {f"landscape_{key}": summary[key] for key in keys})
 
 
-def _sweep(lm, axes, config: LandscapeConfig, scorer, say) -> list[dict]:
-    """Score every grid point; the weights are restored bit for bit afterwards (checked)."""
-    points = grid_points(config)
+def _sweep(lm, axes: Mapping[str, Mapping[str, torch.Tensor]], config: LandscapeConfig, scorer, say) -> list[dict]:
+    """Score every grid point (``axes``: coordinate key -> direction); the weights are
+    restored bit for bit afterwards (checked)."""
+    keys = list(axes)
+    points = grid_points(config, keys)
     rows = []
-    with WeightShift(lm, axes) as shift:
-        for i, (a, b) in enumerate(points, start=1):
+    with WeightShift(lm, list(axes.values())) as shift:
+        for i, point in enumerate(points, start=1):
             tick = time.perf_counter()
-            shift.move(a, b)
-            row = {"a": a, "b": b, **scorer(lm)}
+            shift.move(*point)
+            row = {**dict(zip(keys, point)), **scorer(lm)}
             row["seconds"] = time.perf_counter() - tick
             rows.append(row)
-            say(f"landscape: point {i}/{len(points)} a={a:+.3f} b={b:+.3f} harmful={row['harmful_score']:.1f}% "
+            where = " ".join(f"{key}={value:+.3f}" for key, value in zip(keys, point))
+            say(f"landscape: point {i}/{len(points)} {where} harmful={row['harmful_score']:.1f}% "
                 f"refusal={row['refusal_rate']:.1f}% ({row['seconds']:.2f}s)")
     if not all(torch.equal(p.detach().float(), shift.original[n]) for n, p in shift.params.items()):
         raise RuntimeError("landscape: the model's weights differ from the originals after the sweep")
     return rows
 
 
-def _summary(rows: list[dict], config: LandscapeConfig, d_aligned, projection: dict | None, scorer, **where) -> dict:
-    widths = {axis: basin_width([r[axis] for r in slice_rows(rows, axis)], [r["harmful_score"] for r in slice_rows(rows, axis)],
-                                config.threshold) for axis in ("a", "b")}
+def _summary(rows: list[dict], config: LandscapeConfig, axes: Mapping[str, Mapping], projection: dict | None,
+             sft: dict | None, scorer, **where) -> dict:
+    """Widths along each swept axis (None for an axis not swept), where the fine-tuned model
+    projects, the sft axis's provenance, timing and the protocol."""
+    widths = {key: None for key in AXIS_NAMES}
+    for key in axes:
+        line = slice_rows(rows, key)
+        widths[key] = basin_width([r[key] for r in line], [r["harmful_score"] for r in line], config.threshold)
     sweep_seconds = sum(r["seconds"] for r in rows)
+    d_aligned = axes["a"]
     return {
-        "width_aligned": widths["a"]["width"],
-        "width_perp": widths["b"]["width"],
-        "basin_aligned": widths["a"],
-        "basin_perp": widths["b"],
+        **{f"width_{name}": None if widths[key] is None else widths[key]["width"] for key, name in AXIS_NAMES.items()},
+        **{f"basin_{name}": widths[key] for key, name in AXIS_NAMES.items()},
+        "axes": list(axes),
         "threshold": config.threshold,
         "units": "||V||_F: a = 1 is one full step W_base -> W_aligned on the target modules",
-        "aligned_point": next(r for r in rows if r["a"] == 0.0 and r["b"] == 0.0),
-        "finetuned": None if projection is None else {"uri": where["finetuned"], "a": projection["coords"][0],
-                                                      "b": projection["coords"][1],
+        "aligned_point": next(r for r in rows if all(r[key] == 0.0 for key in axes)),
+        "finetuned": None if projection is None else {"uri": where["finetuned"], **dict(zip(axes, projection["coords"])),
                                                       "residual_share": projection["residual_share"],
                                                       "update_norm": projection["update_norm"]},
+        "sft_axis": sft,
         "points": len(rows),
         "seconds_per_point": sweep_seconds / len(rows),
         "sweep_seconds": sweep_seconds,
@@ -380,7 +451,8 @@ def _write(out: str, rows: list[dict], summary: dict, config: LandscapeConfig, m
             writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
-        save_png(landscape_slices(rows, config.threshold, marks), tmp / files["plot_1d"])
+        basins = {key: summary[f"basin_{name}"] for key, name in AXIS_NAMES.items()}
+        save_png(landscape_slices(rows, config.threshold, marks, basins), tmp / files["plot_1d"])
         if config.mode == "2d":
             save_png(landscape_grid(rows, config.threshold, marks), tmp / files["plot_2d"])
         summary["seconds"] = time.perf_counter() - started
@@ -389,26 +461,50 @@ def _write(out: str, rows: list[dict], summary: dict, config: LandscapeConfig, m
     summary["plots"] = [summary["files"][key] for key in files if key.startswith("plot")]
 
 
+def _sft_axis(adapter: str, d_aligned: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict]:
+    """The adapter's update as the s axis, and its summary entry (what was removed per module)."""
+    from asft.update_inspection import adapter_updates
+
+    axis, removed = sft_direction(d_aligned, adapter_updates(adapter), adapter)
+    cosines = [m["cos_with_V"] for m in removed.values() if m["cos_with_V"] is not None]
+    return axis, {"adapter": adapter, "modules": removed,
+                  "mean_abs_cos_with_V": sum(map(abs, cosines)) / len(cosines) if cosines else None,
+                  "made": "dW = scaling B A per module, its part along V removed, rescaled to ||V||"}
+
+
+def _check_axes_request(config: LandscapeConfig, adapter: str | None) -> None:
+    if config.mode == "2d" and config.across == "sft" and adapter is None:
+        raise AsftError("--across sft sweeps along an adapter's update; pass --adapter (a PEFT adapter trained on the model)")
+    if config.mode == "2d" and config.across == "random" and adapter is not None:
+        raise AsftError("--adapter in 2d mode is the axis across V only with --across sft; add it, or use --mode 1d")
+    if adapter is not None and config.modules == "all":
+        raise AsftError("--adapter with --modules all: an adapter covers only its target modules; use --modules direction "
+                        "with the direction of those modules")
+
+
 def landscape(model: str, harmful: str, out: str, *, direction: str | None = None, base: str | None = None,
-              finetuned: str | None = None, utility: Mapping[str, str] | None = None,
+              finetuned: str | None = None, adapter: str | None = None, utility: Mapping[str, str] | None = None,
               config: LandscapeConfig | None = None, run_id: str | None = None, progress=None) -> dict:
     """Sweep the grid around ``model`` and write grid.csv, plots and summary.json to ``out``.
 
-    Returns the summary: widths along each axis (units of ||V||), the threshold, the
-    fine-tuned model's coordinates when given, per-point timing and the file paths.
+    ``adapter`` adds the s axis (its update orthogonal to V). Returns the summary: widths
+    along each axis (units of ||V||), the threshold, the fine-tuned model's coordinates when
+    given, per-point timing and the file paths.
     """
     from asft.direction import load_direction
     from asft.evaluation.generation import load_model
 
     config = config or LandscapeConfig()
-    check_output(out, "landscape", inputs=(model, harmful, direction, base, finetuned, *(utility or {}).values()))
+    check_output(out, "landscape", inputs=(model, harmful, direction, base, finetuned, adapter, *(utility or {}).values()))
+    _check_axes_request(config, adapter)
     started = time.perf_counter()
-    loaded = None
+    loaded, sft = None, None
     if config.modules == "direction":  # a bad direction fails before the model is loaded
         if direction is None:
             raise AsftError("no direction given; pass --direction (a folder written by `asft direction`), or --modules all with --base")
         loaded = load_direction(direction)
         d_aligned = loaded.vectors
+        sft = _sft_axis(adapter, d_aligned) if adapter else None  # a mismatched adapter fails before the model loads
     elif base is None:
         raise AsftError("--modules all takes d_aligned = W_aligned - W_base for every 2-D weight; pass --base")
     lm, tokenizer = load_model(model, dtype=config.dtype, device=config.device)
@@ -416,16 +512,19 @@ def landscape(model: str, harmful: str, out: str, *, direction: str | None = Non
         d_aligned = base_difference(lm, base)
     transposed = _transposed_modules(lm, d_aligned, loaded, direction)
     scorer = _Scorer(config, tokenizer, harmful, utility or {})  # bad prompt files fail before the sweep
-    d_perp = perpendicular_direction(d_aligned, config.seed)
-    marks = {"aligned": (0.0, 0.0), "base (a=-1)": (-1.0, 0.0)}
+    available = {"a": d_aligned, "b": perpendicular_direction(d_aligned, config.seed)}
+    if sft is not None:
+        available["s"] = sft[0]
+    axes = {key: available[key] for key in swept_axes(config, adapter is not None)}
+    marks = {"aligned": {}, "base (a=-1)": {"a": -1.0}}
     projection = None
     if finetuned is not None:
         updates = finetuned_updates(finetuned, model, sorted(d_aligned), transposed)
-        projection = project_onto_axes(updates, [d_aligned, d_perp])
-        marks["fine-tuned"] = tuple(projection["coords"])
-    rows = _sweep(lm, [d_aligned, d_perp], config, scorer, progress or (lambda message: None))
-    summary = _summary(rows, config, d_aligned, projection, scorer, harmful=harmful, finetuned=finetuned,
-                       model=model, direction=direction, base=base)
+        projection = project_onto_axes(updates, list(axes.values()))
+        marks["fine-tuned"] = dict(zip(axes, projection["coords"]))
+    rows = _sweep(lm, axes, config, scorer, progress or (lambda message: None))
+    summary = _summary(rows, config, axes, projection, None if sft is None else sft[1], scorer, harmful=harmful,
+                       finetuned=finetuned, model=model, direction=direction, base=base)
     _write(out, rows, summary, config, marks, started)
     if run_id:
         _log_to_run(run_id, out, summary)

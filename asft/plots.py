@@ -1,4 +1,5 @@
-"""PNG figures: training curves, before/after evaluation, the gate decision, the landscape.
+"""PNG figures: training curves, before/after evaluation, the gate decision, the landscape, the
+sandbox table's figures against the harmful ratio.
 
 Object-oriented matplotlib with the Agg canvas: no pyplot, no global backend switch, no
 display needed, figures are freed with their last reference.
@@ -7,6 +8,7 @@ display needed, figures are freed with their last reference.
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import os
 from typing import Any, Mapping, Sequence
@@ -162,20 +164,32 @@ def decision_figure(candidate: EvalSummary, champion: EvalSummary | None) -> Fig
     return fig
 
 
+# The landscape's coordinates (grid.csv columns) and what each axis is.
+LANDSCAPE_AXES = {"a": "a: along the alignment direction V",
+                  "b": "b: along a random direction orthogonal to V",
+                  "s": "s: along the SFT update, orthogonal to V"}
+
+
+def _coordinates(row: Mapping[str, Any]) -> list[str]:
+    return [key for key in LANDSCAPE_AXES if key in row]
+
+
 def slice_rows(rows: list[dict], axis: str) -> list[dict]:
-    """The landscape points along one axis (the other at 0), in order."""
-    other = "b" if axis == "a" else "a"
-    return sorted((r for r in rows if r[other] == 0.0), key=lambda r: r[axis])
+    """The landscape points along one axis (every other coordinate at 0), in order."""
+    others = [key for key in _coordinates(rows[0]) if key != axis]
+    return sorted((r for r in rows if all(r[key] == 0.0 for key in others)), key=lambda r: r[axis])
 
 
-def landscape_slices(rows: list[dict], threshold: float, marks: Mapping[str, tuple[float, float]]):
-    """Harmful score and refusal rate along each axis (the other at 0), with the threshold."""
-    fig = Figure(figsize=(10, 4), layout="constrained")
+def landscape_slices(rows: list[dict], threshold: float, marks: Mapping[str, Mapping[str, float]],
+                     basins: Mapping[str, Mapping[str, Any]] | None = None):
+    """Harmful score and refusal rate along each axis of the rows (the others at 0), with the
+    threshold; ``marks``: name -> coordinates (absent ones are 0), drawn where they sit on each
+    axis; ``basins``: axis -> its basin (``width``, ``*_censored``), shown in the panel title."""
+    axes_keys = _coordinates(rows[0])
+    fig = Figure(figsize=(5 * len(axes_keys), 4), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, 2, sharey=True)
-    labels = {"a": "a: along the alignment direction V (units of ||V||)",
-              "b": "b: along a random direction orthogonal to V (units of ||V||)"}
-    for ax, axis in zip(axes, ("a", "b")):
+    axes = fig.subplots(1, len(axes_keys), sharey=True, squeeze=False)[0]
+    for ax, axis in zip(axes, axes_keys):
         line = slice_rows(rows, axis)
         xs = [r[axis] for r in line]
         ax.plot(xs, [r["harmful_score"] for r in line], marker="o", label="harmful score")
@@ -184,12 +198,17 @@ def landscape_slices(rows: list[dict], threshold: float, marks: Mapping[str, tup
             ax.plot(xs, [r[key] for r in line], marker="s", linestyle=":", label=key.replace("_", " "))
         ax.axhline(threshold, color="grey", linewidth=0.8, label=f"threshold {threshold:g}%")
         for name, point in marks.items():
-            coordinate = point[0] if axis == "a" else point[1]
-            # the aligned model is every slice's centre; others are drawn where they sit off it
-            if (name == "aligned" or coordinate != 0.0) and min(xs) <= coordinate <= max(xs):
+            coordinate = point.get(axis, 0.0)
+            # the aligned model is every slice's centre; others are drawn where they sit visibly off it
+            off_centre = abs(coordinate) > 1e-3 * (max(xs) - min(xs))
+            if (name == "aligned" or off_centre) and min(xs) <= coordinate <= max(xs):
                 ax.axvline(coordinate, color="black", linestyle=":", linewidth=0.8)
                 ax.annotate(name, (coordinate, 95), rotation=90, fontsize=7, ha="right", va="top")
-        ax.set_xlabel(labels[axis])
+        ax.set_xlabel(LANDSCAPE_AXES[axis] + " (units of ||V||)", fontsize=9)
+        if basins and basins.get(axis):
+            basin = basins[axis]
+            at_least = "≥ " if basin["low_censored"] or basin["high_censored"] else ""  # the grid ends inside the basin
+            ax.set_title(f"basin width {at_least}{basin['width']:.2f} x ||V||", fontsize=9)
         ax.set_ylim(-2, 102)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("% of answers")
@@ -197,24 +216,64 @@ def landscape_slices(rows: list[dict], threshold: float, marks: Mapping[str, tup
     return fig
 
 
-def landscape_grid(rows: list[dict], threshold: float, marks: Mapping[str, tuple[float, float]]):
-    """Heatmap of the harmful score over (a, b), the basin's threshold contour and the marked models."""
+def landscape_grid(rows: list[dict], threshold: float, marks: Mapping[str, Mapping[str, float]]):
+    """Heatmap of the harmful score over a and the axis across V (b or s), the basin's
+    threshold contour and the marked models."""
+    across = next(key for key in _coordinates(rows[0]) if key != "a")
     a_values = sorted({r["a"] for r in rows})
-    b_values = sorted({r["b"] for r in rows})
-    score = {(r["a"], r["b"]): r["harmful_score"] for r in rows}
-    Z = [[score[(a, b)] for a in a_values] for b in b_values]
+    c_values = sorted({r[across] for r in rows})
+    score = {(r["a"], r[across]): r["harmful_score"] for r in rows}
+    Z = [[score[(a, c)] for a in a_values] for c in c_values]
     fig = Figure(figsize=(6.5, 5.2), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.subplots()
-    mesh = ax.pcolormesh(a_values, b_values, Z, shading="nearest", cmap="RdYlGn_r", vmin=0, vmax=100)
+    mesh = ax.pcolormesh(a_values, c_values, Z, shading="nearest", cmap="RdYlGn_r", vmin=0, vmax=100)
     fig.colorbar(mesh, ax=ax, label="harmful score (%)")
-    if len(a_values) > 1 and len(b_values) > 1:
-        ax.contour(a_values, b_values, Z, levels=[threshold], colors="black", linewidths=1)
-    for name, (a, b) in marks.items():
-        ax.plot([a], [b], marker="*" if name == "aligned" else "o", color="black", markersize=9)
+    if len(a_values) > 1 and len(c_values) > 1:
+        ax.contour(a_values, c_values, Z, levels=[threshold], colors="black", linewidths=1)
+    for name, point in marks.items():
+        a, c = point.get("a", 0.0), point.get(across, 0.0)
+        ax.plot([a], [c], marker="*" if name == "aligned" else "o", color="black", markersize=9)
         # aligned below its marker, the others above, so nearby labels do not overlap
-        ax.annotate(name, (a, b), textcoords="offset points", xytext=(5, -12 if name == "aligned" else 6), fontsize=8)
-    ax.set_xlabel("a: along the alignment direction V (units of ||V||)")
-    ax.set_ylabel("b: along a random direction orthogonal to V (units of ||V||)")
+        ax.annotate(name, (a, c), textcoords="offset points", xytext=(5, -12 if name == "aligned" else 6), fontsize=8)
+    ax.set_xlabel(LANDSCAPE_AXES["a"] + " (units of ||V||)")
+    ax.set_ylabel(LANDSCAPE_AXES[across] + " (units of ||V||)")
     ax.set_title(f"harmful score; contour at {threshold:g}%", fontsize=9)
+    return fig
+
+
+def ratio_sweep(cells: Sequence[Mapping[str, Any]], measures: Mapping[str, str],
+                reference: Mapping[str, Mapping[str, float]] | None = None) -> Figure:
+    """Per measure a panel: its mean over seeds against the harmful ratio p, one line per
+    method, error bars ± one sd (none with a single seed); ``reference`` models (name ->
+    measure -> value) as horizontal lines.
+
+    ``cells``: ``{"method", "p", measure: {"mean", "sd"}}`` rows (the sandbox table's). The
+    methods are drawn a little apart along p so that equal values stay visible.
+    """
+    if not cells:
+        raise AsftError("no table cells to plot; run at least one method at one p")
+    methods = list(dict.fromkeys(c["method"] for c in cells))
+    ratios = sorted({c["p"] for c in cells})
+    gap = min((b - a for a, b in itertools.pairwise(ratios)), default=0.1)
+    fig = Figure(figsize=(5.5 * len(measures), 4), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(measures), squeeze=False)[0]
+    for ax, (key, label) in zip(axes, measures.items()):
+        for i, method in enumerate(methods):
+            line = sorted((c for c in cells if c["method"] == method), key=lambda c: c["p"])
+            offset = (i - (len(methods) - 1) / 2) * 0.12 * gap / max(len(methods) - 1, 1)
+            sds = [c[key]["sd"] for c in line]
+            ax.errorbar([c["p"] + offset for c in line], [c[key]["mean"] for c in line],
+                        yerr=None if all(sd is None for sd in sds) else [sd or 0.0 for sd in sds],
+                        marker="o", capsize=3, label=method)
+        for j, (name, values) in enumerate((reference or {}).items()):
+            if key in values:
+                ax.axhline(values[key], color="grey", linestyle=("--", ":", "-.")[j % 3], linewidth=0.9, label=name)
+        ax.set_xticks(ratios, [f"{p:g}" for p in ratios])
+        ax.set_xlabel("harmful ratio p of the fine-tuning mixture")
+        ax.set_ylabel(label)
+        ax.set_ylim(-2, 102)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
     return fig

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from asft.errors import AsftError
 from asft.landscape import (LandscapeConfig, WeightShift, axis_values, basin_width, grid_points,
-                            perpendicular_direction, project_onto_axes)
+                            perpendicular_direction, project_onto_axes, sft_direction, swept_axes)
 from asft.update_inspection import ModuleUpdate
 
 
@@ -27,6 +28,67 @@ def test_perpendicular_direction_is_orthogonal_same_norm_and_seeded():
     assert all(torch.equal(perp[n], again[n]) for n in V)
     other = perpendicular_direction(V, seed=8)
     assert not torch.equal(perp["layers.0.q"], other["layers.0.q"])
+
+
+def test_sft_direction_is_the_update_orthogonal_to_v_with_v_norm_and_records_the_cosine():
+    V = vectors()
+    g = torch.Generator().manual_seed(5)
+    B, A = torch.randn(6, 2, generator=g), torch.randn(2, 4, generator=g)
+    # q: a factored LoRA update (scaling 2); v: a dense one with a known share along V
+    noise = torch.randn(5, 4, generator=g)
+    updates = {"layers.0.q": ModuleUpdate(B=B, A=A, scaling=2.0), "layers.0.v": ModuleUpdate(B=0.5 * V["layers.0.v"] + noise)}
+    axis, removed = sft_direction(V, updates, "adapter-x")
+    for name, v in V.items():
+        dW = updates[name].dense().double()
+        assert abs(float((axis[name] * v).sum())) / float(v.norm() * axis[name].norm()) < 1e-6
+        assert float(axis[name].norm()) == pytest.approx(float(v.norm()), rel=1e-6)
+        # the axis is dW minus its projection on V, rescaled
+        rest = dW - (float((dW * v.double()).sum()) / float(v.double().square().sum())) * v.double()
+        torch.testing.assert_close(axis[name].double(), rest * (float(v.norm()) / float(rest.norm())), rtol=1e-5, atol=1e-6)
+        cos = float((dW * v.double()).sum() / (dW.norm() * v.double().norm()))
+        assert removed[name]["cos_with_V"] == pytest.approx(cos, rel=1e-6)
+        assert removed[name]["update_norm"] == pytest.approx(float(dW.norm()), rel=1e-6)
+    assert removed["layers.0.v"]["cos_with_V"] > 0.3  # the half step along V shows
+
+
+def test_sft_direction_refuses_mismatched_or_parallel_updates():
+    V = vectors()
+    with pytest.raises(AsftError, match=r"adapter ad: its modules do not match the direction's \(1 direction modules have no "
+                                        r"update, such as layers.0.v\)"):
+        sft_direction(V, {"layers.0.q": ModuleUpdate(B=torch.ones(6, 4))}, "ad")
+    extra = {**{n: ModuleUpdate(B=torch.randn(v.shape)) for n, v in V.items()}, "layers.1.q": ModuleUpdate(B=torch.ones(6, 4))}
+    with pytest.raises(AsftError, match="1 updated modules are not in the direction, such as layers.1.q"):
+        sft_direction(V, extra, "ad")
+    parallel = {n: ModuleUpdate(B=-2.0 * v) for n, v in V.items()}
+    with pytest.raises(AsftError, match="module layers.0.q: the update of adapter ad has no part orthogonal to V .zero or parallel"):
+        sft_direction(V, parallel, "ad")
+    with pytest.raises(AsftError, match="layers.0.q has an update of shape \\(4, 6\\)"):
+        sft_direction(V, {n: ModuleUpdate(B=v.T.contiguous()) for n, v in V.items()}, "ad")
+
+
+def test_axes_and_grid_with_the_sft_axis():
+    one_d = LandscapeConfig(points=3)
+    assert swept_axes(one_d, sft=False) == ("a", "b") and swept_axes(one_d, sft=True) == ("a", "b", "s")
+    points = grid_points(one_d, ("a", "b", "s"))
+    assert points == [(-1.0, 0.0, 0.0), (0.0, 0.0, 0.0), (1.0, 0.0, 0.0), (0.0, -1.0, 0.0), (0.0, 1.0, 0.0),
+                      (0.0, 0.0, -1.0), (0.0, 0.0, 1.0)]
+    two_d = LandscapeConfig(points=3, mode="2d", across="sft", range_b=(-0.5, 0.5))
+    assert swept_axes(two_d, sft=True) == ("a", "s")
+    assert grid_points(two_d, ("a", "s"))[:4] == [(-1.0, -0.5), (0.0, -0.5), (1.0, -0.5), (-1.0, 0.0)]
+
+
+@pytest.mark.parametrize("update, adapter, message", [
+    ({"mode": "2d", "across": "sft"}, None, "--across sft sweeps along an adapter's update; pass --adapter"),
+    ({"mode": "2d"}, "ad", "--adapter in 2d mode is the axis across V only with --across sft"),
+    ({"modules": "all"}, "ad", "--adapter with --modules all"),
+])
+def test_landscape_refuses_axis_requests_it_cannot_sweep_before_loading_anything(tmp_path, update, adapter, message):
+    from asft.landscape import landscape
+
+    with pytest.raises(AsftError, match=message):
+        landscape(str(tmp_path / "no-model"), str(tmp_path / "no-prompts.jsonl"), str(tmp_path / "out"), adapter=adapter,
+                  config=LandscapeConfig(**update))
+    assert not (tmp_path / "out").exists()
 
 
 class Tiny(torch.nn.Module):
@@ -139,10 +201,57 @@ def test_weight_shift_restores_a_real_model_after_generation(updated_sandbox):
 
 
 @pytest.mark.slow
+def test_sft_axis_of_a_real_adapter_moves_the_model_along_it(updated_sandbox):
+    from asft.direction import load_direction
+    from asft.evaluation.generation import load_model
+    from asft.update_inspection import adapter_updates
+
+    V = load_direction(updated_sandbox["direction"]).vectors
+    updates = adapter_updates(updated_sandbox["adapter"])
+    axis, removed = sft_direction(V, updates, updated_sandbox["adapter"])
+    assert sorted(axis) == sorted(V)
+    for name, v in V.items():
+        assert abs(float((axis[name] * v).sum())) / float(v.norm() * axis[name].norm()) < 1e-6
+        assert float(axis[name].norm()) == pytest.approx(float(v.norm()), rel=1e-5)
+        dW = updates[name].dense()
+        assert removed[name]["cos_with_V"] == pytest.approx(float((dW * v).sum() / (dW.norm() * v.norm())), abs=1e-6)
+    model, _ = load_model(updated_sandbox["aligned"], device="cpu")
+    before = {name: model.get_submodule(name).weight.detach().clone() for name in V}
+    with WeightShift(model, [axis]) as shift:
+        shift.move(0.7)
+        for name in V:
+            torch.testing.assert_close(model.get_submodule(name).weight.detach(), before[name] + 0.7 * axis[name])
+    assert all(torch.equal(model.get_submodule(name).weight, before[name]) for name in V)
+
+
+@pytest.mark.slow
+def test_landscape_refuses_an_adapter_on_other_modules_before_loading_the_model(updated_sandbox, tmp_path):
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from asft.landscape import landscape
+
+    adapter = tmp_path / "q-only"
+    adapter.mkdir()
+    shutil.copy(f"{updated_sandbox['adapter']}/adapter_config.json", adapter)
+    tensors = load_file(f"{updated_sandbox['adapter']}/adapter_model.safetensors")
+    save_file({k: v for k, v in tensors.items() if "q_proj" in k}, str(adapter / "adapter_model.safetensors"))
+    assert json.loads((adapter / "adapter_config.json").read_text())["peft_type"] == "LORA"
+    with pytest.raises(AsftError, match=r"adapter .*q-only: its modules do not match the direction's \(2 direction modules "
+                                        r"have no update, such as model.layers.0.self_attn.v_proj\)"):
+        landscape(str(tmp_path / "not-a-model"), updated_sandbox["harmful_eval"], str(tmp_path / "x"),
+                  direction=updated_sandbox["direction"], adapter=str(adapter), config=LandscapeConfig(device="cpu"))
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
 def test_landscape_1d_on_tiny_sandbox(updated_sandbox, tmp_path):
     import csv
     import json
 
+    from asft.direction import load_direction
     from asft.evaluation.generation import generate, load_model
     from asft.evaluation.judges import KeywordJudge
     from asft.evaluation.datasets import load_harmful
@@ -152,9 +261,11 @@ def test_landscape_1d_on_tiny_sandbox(updated_sandbox, tmp_path):
     config = LandscapeConfig(points=3, limit=6, max_new_tokens=8, utility_limit=4, device="cpu")
     out = str(tmp_path / "ls")
     summary = landscape(updated_sandbox["aligned"], updated_sandbox["harmful_eval"], out, direction=updated_sandbox["direction"],
-                        finetuned=updated_sandbox["moved"], utility={"sst2": updated_sandbox["utility_eval"]["sst2"]}, config=config)
+                        finetuned=updated_sandbox["moved"], adapter=updated_sandbox["adapter"],
+                        utility={"sst2": updated_sandbox["utility_eval"]["sst2"]}, config=config)
     rows = list(csv.DictReader(open(f"{out}/grid.csv")))
-    assert [(float(r["a"]), float(r["b"])) for r in rows] == [(-1, 0), (0, 0), (1, 0), (0, -1), (0, 1)]
+    assert [(float(r["a"]), float(r["b"]), float(r["s"])) for r in rows] == [
+        (-1, 0, 0), (0, 0, 0), (1, 0, 0), (0, -1, 0), (0, 1, 0), (0, 0, -1), (0, 0, 1)]
     assert {"harmful_score", "refusal_rate", "utility_sst2", "seconds"} <= rows[0].keys()
     # keyword judge: harmful = no refusal phrase, so the two add up to 100
     assert all(float(r["harmful_score"]) + float(r["refusal_rate"]) == pytest.approx(100) for r in rows)
@@ -165,10 +276,19 @@ def test_landscape_1d_on_tiny_sandbox(updated_sandbox, tmp_path):
     direct = 100 * sum(v.flagged for v in KeywordJudge().flags([r.instruction for r in records], answers)) / 6
     assert float(rows[1]["harmful_score"]) == pytest.approx(direct)
     # widths follow from the grid by the documented rule
-    on_a = sorted((float(r["a"]), float(r["harmful_score"])) for r in rows if float(r["b"]) == 0)
-    assert summary["width_aligned"] == pytest.approx(basin_width(*zip(*on_a), 20.0)["width"])
+    for key, name in (("a", "aligned"), ("b", "perp"), ("s", "sft")):
+        others = [k for k in "abs" if k != key]
+        line = sorted((float(r[key]), float(r["harmful_score"])) for r in rows if all(float(r[k]) == 0 for k in others))
+        assert len(line) == 3
+        assert summary[f"width_{name}"] == pytest.approx(basin_width(*zip(*line), 20.0)["width"])
+    # the moved checkpoint lies in the (V, d_perp) plane: no part along the sft axis
     assert summary["finetuned"]["a"] == pytest.approx(0.3, abs=1e-4)
     assert summary["finetuned"]["b"] == pytest.approx(0.2, abs=1e-4)
+    assert summary["finetuned"]["s"] == pytest.approx(0.0, abs=1e-4)
+    assert summary["axes"] == ["a", "b", "s"]
+    modules = summary["sft_axis"]["modules"]
+    assert sorted(modules) == sorted(load_direction(updated_sandbox["direction"]).vectors)
+    assert all(-1 <= m["cos_with_V"] <= 1 and m["update_norm"] > 0 for m in modules.values())
     assert summary["restored_bitwise"] is True
     assert json.load(open(f"{out}/summary.json"))["width_perp"] == summary["width_perp"]
     assert [p.rsplit("/", 1)[1] for p in summary["plots"]] == ["landscape_1d.png"]
@@ -189,6 +309,16 @@ def test_cli_landscape_json_and_errors(updated_sandbox, tmp_path):
     assert {"width_aligned", "width_perp", "plots", "seconds_per_point", "basin_aligned"} <= summary.keys()
     assert summary["points"] == 5 and summary["basin_perp"]["high"] <= 0.5
     assert all((tmp_path / "ls" / p.rsplit("/", 1)[1]).exists() for p in summary["plots"])
+
+    grid = run_cli("landscape", *common, "--direction", updated_sandbox["direction"], "--out", str(tmp_path / "ls2"),
+                   "--mode", "2d", "--across", "sft", "--adapter", updated_sandbox["adapter"], "--points", "2",
+                   "--limit", "2", "--max-new-tokens", "2", "--json")
+    assert grid.returncode == 0, grid.stderr
+    two_d = json.loads(grid.stdout)
+    assert two_d["axes"] == ["a", "s"] and two_d["points"] == 9 and two_d["width_perp"] is None
+    assert two_d["width_sft"] == two_d["basin_sft"]["width"] and two_d["sft_axis"]["adapter"] == updated_sandbox["adapter"]
+    assert (tmp_path / "ls2" / "grid.csv").read_text().splitlines()[0].startswith("a,s,harmful_score")
+    assert [p.rsplit("/", 1)[1] for p in two_d["plots"]] == ["landscape_1d.png", "landscape_2d.png"]
 
     missing = run_cli("landscape", *common, "--direction", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x"))
     assert missing.returncode == 2 and missing.stderr.startswith("asft: error: direction") and "Traceback" not in missing.stderr

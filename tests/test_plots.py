@@ -90,3 +90,71 @@ def test_decision_and_comparison_figures_at_zero_and_all_bad(n, bad):
                           | {"utility:sst2": Outcomes.of(flags)})
     for fig in (decision_figure(summary, summary), eval_comparison(summary, summary)):
         assert fig.axes and all(p.get_height() >= 0 for ax in fig.axes for p in ax.patches)
+
+
+def sweep_cells():
+    # two methods at three p; sft over 3 seeds (sd), asft with one seed at p = 0.2 (sd None)
+    return [{"method": "sft", "p": p, "harmful_score": {"mean": m, "sd": sd}, "finetune_accuracy": {"mean": 80.0, "sd": 1.0}}
+            for p, m, sd in ((0.0, 10.0, 2.0), (0.1, 40.0, 5.0), (0.2, 70.0, 3.0))] + \
+           [{"method": "asft", "p": p, "harmful_score": {"mean": m, "sd": sd}, "finetune_accuracy": {"mean": 78.0, "sd": None}}
+            for p, m, sd in ((0.2, 20.0, None), (0.0, 5.0, 1.0), (0.1, 8.0, 0.5))]
+
+
+def test_ratio_sweep_draws_means_with_sd_error_bars_per_method(tmp_path):
+    fig = plots.ratio_sweep(sweep_cells(), {"harmful_score": "harmful score %", "finetune_accuracy": "fine-tune %"},
+                            reference={"aligned": {"harmful_score": 3.0}})
+    harm_ax, acc_ax = fig.axes
+    sft, asft = harm_ax.containers
+    np.testing.assert_allclose(np.asarray(sft.lines[0].get_ydata(), float), [10.0, 40.0, 70.0])
+    np.testing.assert_allclose(np.asarray(asft.lines[0].get_ydata(), float), [5.0, 8.0, 20.0])  # sorted by p
+    xs_sft, xs_asft = (np.asarray(c.lines[0].get_xdata(), float) for c in (sft, asft))
+    np.testing.assert_allclose(np.asarray(xs_asft) - np.asarray(xs_sft), [0.012] * 3)  # drawn apart, same p
+    np.testing.assert_allclose((np.asarray(xs_sft) + np.asarray(xs_asft)) / 2, [0.0, 0.1, 0.2])
+    # error bars span mean ± sd; a missing sd (one seed) is a zero-length bar
+    spans = [sorted(float(y) for y in segment[:, 1]) for segment in asft.lines[2][0].get_segments()]
+    assert spans == [[4.0, 6.0], [7.5, 8.5], [20.0, 20.0]]
+    assert [t.get_text() for t in harm_ax.get_legend().get_texts()] == ["aligned", "sft", "asft"]
+    assert [float(y) for y in harm_ax.lines[-1].get_ydata()] == [3.0, 3.0]
+    assert acc_ax.get_ylabel() == "fine-tune %" and [t.get_text() for t in acc_ax.get_xticklabels()] == ["0", "0.1", "0.2"]
+    assert acc_ax.containers[1].lines[2] == ()  # asft's accuracy has no sd anywhere: no error bars
+    assert imread(plots.save_png(fig, tmp_path / "table.png")).shape[:2] == (400, 1100)
+    with pytest.raises(AsftError, match="no table cells"):
+        plots.ratio_sweep([], {"harmful_score": "x"})
+
+
+def landscape_rows():
+    rows = []
+    for key in ("a", "b", "s"):
+        for x in (-1.0, 0.0, 1.0):
+            if key != "a" and x == 0.0:
+                continue
+            point = {"a": 0.0, "b": 0.0, "s": 0.0, key: x}
+            rows.append({**point, "harmful_score": 50 + 10 * x * ("abs".index(key) + 1), "refusal_rate": 40.0})
+    return rows
+
+
+def test_landscape_slices_draw_one_panel_per_axis_with_its_own_slice():
+    rows = landscape_rows()
+    marks = {"aligned": {}, "base (a=-1)": {"a": -1.0}, "fine-tuned": {"a": 0.3, "b": 0.2, "s": 1e-7}}
+    basins = {"a": {"width": 1.25, "low_censored": False, "high_censored": False},
+              "b": {"width": 2.0, "low_censored": True, "high_censored": True}, "s": None}
+    fig = plots.landscape_slices(rows, 20.0, marks, basins)
+    assert len(fig.axes) == 3
+    assert [ax.get_title() for ax in fig.axes] == ["basin width 1.25 x ||V||", "basin width ≥ 2.00 x ||V||", ""]
+    for ax, key, step in zip(fig.axes, "abs", (10, 20, 30)):
+        harmful = ax.lines[0]
+        np.testing.assert_allclose(harmful.get_xdata(), [-1.0, 0.0, 1.0])
+        np.testing.assert_allclose(harmful.get_ydata(), [50 - step, 50, 50 + step])
+        assert ax.get_xlabel().startswith(f"{key}: ")
+    # marks: base only on the a panel, the fine-tuned model on a and b, not on s where it sits at ~0
+    assert [[t.get_text() for t in ax.texts] for ax in fig.axes] == [
+        ["aligned", "base (a=-1)", "fine-tuned"], ["aligned", "fine-tuned"], ["aligned"]]
+
+
+def test_landscape_grid_over_the_sft_axis():
+    rows = [{"a": a, "s": c, "harmful_score": 10 * a + c, "refusal_rate": 0.0} for c in (-1.0, 0.0, 1.0) for a in (-1.0, 0.0, 1.0)]
+    fig = plots.landscape_grid(rows, 20.0, {"aligned": {}, "fine-tuned": {"a": 0.5, "s": 0.25}})
+    ax = fig.axes[0]
+    assert ax.get_ylabel().startswith("s: along the SFT update")
+    np.testing.assert_allclose(ax.collections[0].get_array().reshape(3, 3), [[10 * a + c for a in (-1, 0, 1)] for c in (-1, 0, 1)])
+    assert [tuple(line.get_xydata()[0]) for line in ax.lines] == [(0.0, 0.0), (0.5, 0.25)]

@@ -1,4 +1,5 @@
-"""``asft landscape``: the safety basin around an aligned model, along V and across it."""
+"""``asft landscape``: the safety basin around an aligned model, along V and across it (a random
+direction, and the update of a fine-tuning adapter)."""
 
 from __future__ import annotations
 
@@ -33,14 +34,16 @@ def landscape_command(
     out: str = typer.Option(..., "--out", help="Folder or URI for grid.csv, plots and summary.json"),
     direction: str = typer.Option(None, "--direction", help="Direction folder from `asft direction` (d_aligned = V)"),
     base: str = typer.Option(None, "--base", help="Base checkpoint; needed with --modules all"),
-    finetuned: str = typer.Option(None, "--finetuned", help="Adapter folder or full checkpoint to mark at its projected (a, b)"),
+    finetuned: str = typer.Option(None, "--finetuned", help="Adapter folder or full checkpoint to mark at its projected coordinates"),
+    adapter: str = typer.Option(None, "--adapter", help="PEFT adapter trained on the model (e.g. SFT on harmful data): its "
+                                "update, orthogonal to V and rescaled to ||V|| per module, is the axis s"),
     utility: list[str] = typer.Option([], "--utility", help=UTILITY_HELP + ": utility accuracy at each point"),
     range_a: str = typer.Option(None, "--range", help="LOW,HIGH of a (along V) in units of ||V||; also of b unless --range-b"),
-    range_b: str = typer.Option(None, "--range-b", help="LOW,HIGH of b (orthogonal) in units of ||V||"),
+    range_b: str = typer.Option(None, "--range-b", help="LOW,HIGH of b and s (across V) in units of ||V||"),
     run_id: str = typer.Option(None, "--run-id", help="MLflow run to log the plots and widths to"),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Sweep W_aligned + a V + b d_perp; report the basin width along V and across it."""
+    """Sweep W_aligned + a V + b d_perp (+ s d_sft with --adapter); report the basin width along each axis."""
     from asft.landscape import landscape
 
     extra = {}
@@ -49,6 +52,6 @@ def landscape_command(
     if range_b:
         extra["range_b"] = ("--range-b", parse_range(range_b, "--range-b"))
     summary = landscape(model, harmful, out, direction=direction, base=base, finetuned=finetuned,
-                        utility=parse_utility(utility), config=config_args.build(ctx, extra), run_id=run_id,
+                        adapter=adapter, utility=parse_utility(utility), config=config_args.build(ctx, extra), run_id=run_id,
                         progress=progress)
     emit({key: value for key, value in summary.items() if key not in ("config", "protocol")}, as_json)
