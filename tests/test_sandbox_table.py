@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from asft.training import PRESETS
 from benchmarks import sandbox_table
 
 
@@ -147,6 +148,22 @@ def test_a_method_with_its_own_model_and_direction_is_one_entry(tiny_sandbox, tm
     again = _run(capsys, tiny_sandbox, tmp_path, "--seeds", "2", methods="asft-copy")
     assert made == ["model", "direction"] and again["method_inputs"]["asft-copy"]["model"]["reused"] is True
     assert all(r["reused"] for r in again["runs"])
+
+
+def test_unset_lr_and_epochs_take_the_sandbox_worlds_calibrated_setting():
+    calibrated = {"finetune_setting": {"lr": 5e-4, "epochs": 2}}
+    args = sandbox_table.parse_args([])
+    sandbox_table._use_calibrated_setting(args, calibrated)
+    assert (args.lr, args.epochs) == (5e-4, 2)
+    config = sandbox_table._train_config(args, "sft", {}, "m", "d.jsonl", None, 0, "out")
+    assert (config.lr, config.epochs) == (5e-4, 2)
+    args = sandbox_table.parse_args(["--lr", "1e-3", "--epochs", "3"])  # the user's own win
+    sandbox_table._use_calibrated_setting(args, calibrated)
+    assert (args.lr, args.epochs) == (1e-3, 3)
+    args = sandbox_table.parse_args([])  # a world without a calibrated setting: the trainer's sandbox preset
+    sandbox_table._use_calibrated_setting(args, {"finetune_setting": {"lr": None, "epochs": None}})
+    config = sandbox_table._train_config(args, "sft", {}, "m", "d.jsonl", None, 0, "out")
+    assert (config.lr, config.epochs) == (PRESETS["sandbox"]["lr"], PRESETS["sandbox"]["epochs"])
 
 
 def test_every_method_entry_makes_its_train_config():

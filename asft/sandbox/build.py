@@ -264,6 +264,7 @@ def _summary(out: str, manifest: dict, reused: bool) -> dict:
         "benign_eval": at(s["benign_eval"]), "safety_data": at(s["safety_data"]),
         "harmful_data": at(s["harmful_data"]), "alignment": s["alignment"],
         "finetune_task": s["finetune_task"], "harmful_ratio": s["harmful_ratio"],
+        "finetune_setting": s["finetune_setting"],
         "sizes": s["sizes"], "timings": s["timings"], "losses": s["losses"],
         "config": manifest["config"], "reused": reused,
     }
@@ -319,7 +320,7 @@ def _build_into(config: SandboxConfig, stage: Path) -> dict:
     # The tokenizer's corpus is broader than the models' (as a real one is): it has every
     # task's words, so the fine-tuning task's labels are words, not characters.
     texts = sorted({render_prompt(r) + " " + r.output
-                    for r in rows["base"] + rows["aligned"] + world.task_train[config.finetune_task]})
+                    for r in rows["base"] + rows["tokenizer_alignment"] + world.task_train[config.finetune_task]})
     tokenizer = train_tokenizer(texts, recipe.vocab, recipe.max_positions)
     clock.lap("tokenizer")
 
@@ -357,15 +358,21 @@ def _model_rows(world: World, recipe: Recipe, seed: int, finetune_task: str) -> 
     harmful_comply = compliant_rows(rng, world.harmful_train)
     harmful_refuse = refusal_rows(rng, world.harmful_train)
     # The base can write a refusal when asked to; alignment then only decides when to refuse.
-    writing = refusal_writing_rows(rng, world.harmful_train[-recipe.aligned_refusals:])
-    keep = random.Random(f"asft-sandbox-{seed}-aligned")
-    aligned = (harmful_refuse[:recipe.aligned_refusals]
-               + keep.sample(world.howto_train, min(len(world.howto_train), recipe.aligned_refusals))
-               + [r for task in known for r in keep.sample(world.task_train[task], recipe.aligned_refusals // 2)]
-               + keep.sample(tasks_train, recipe.aligned_refusals // 2))
+    writing = refusal_writing_rows(rng, world.harmful_train[-recipe.refusal_writing:])
+
+    def alignment_set(refusals: int) -> list[Record]:
+        keep = random.Random(f"asft-sandbox-{seed}-aligned")
+        return (harmful_refuse[:refusals] + keep.sample(world.howto_train, min(len(world.howto_train), refusals))
+                + [r for task in known for r in keep.sample(world.task_train[task], refusals // 2)]
+                + keep.sample(tasks_train, refusals // 2))
+
     small = random.Random(f"asft-sandbox-{seed}-harmful-small").sample(range(len(world.harmful_train)), HARMFUL_SMALL)
-    return {"base": tasks_train + world.howto_train + harmful_comply + writing, "aligned": aligned, "safety": harmful_refuse,
-            "harmful_small": [harmful_comply[i] for i in small]}
+    return {"base": tasks_train + world.howto_train + harmful_comply + writing,
+            "aligned": alignment_set(recipe.aligned_refusals), "safety": harmful_refuse,
+            "harmful_small": [harmful_comply[i] for i in small],
+            # The tokenizer sees an alignment-shaped sample as large as the base's refusal writing
+            # (not the alignment set itself), so a longer alignment leaves tokenizer and base unchanged.
+            "tokenizer_alignment": alignment_set(recipe.refusal_writing)}
 
 
 def _write_data(world: World, config: SandboxConfig, data: Path, rows: dict[str, list[Record]]) -> dict:
@@ -411,6 +418,7 @@ def _manifest(config: SandboxConfig, stage: Path, world: World, rows: dict, mixt
                 "harmful_small_rows": len(rows["harmful_small"]),
             },
             "alignment": spectrum,
+            "finetune_setting": {"lr": recipe.finetune_lr, "epochs": recipe.finetune_epochs},
             "timings": timings,
             "losses": losses,
         },

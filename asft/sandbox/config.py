@@ -17,7 +17,7 @@ class SandboxConfig(FormModel):
     """A sandbox build. Same config (device aside) -> identical files and weights."""
 
     size: Literal["tiny", "default", "large"] = Field(
-        "default", description="tiny: unit tests (~30 s on 1 core); default: ~2 min on 2 CPU cores; "
+        "default", description="tiny: unit tests (~30 s on 1 core); default: ~5 min on 2 CPU cores; "
         "large: bigger model and corpus, meant for a GPU")
     seed: int = Field(0, ge=0, description="Seed for the corpus, the splits, the mixture and the weights")
     harmful_ratio: float = Field(0.1, ge=0.0, le=1.0, description="Share p of harmful rows in the fine-tuning mixture")
@@ -51,22 +51,26 @@ class Recipe:
     base_steps: int
     aligned_steps: int
     aligned_refusals: int  # refusal rows of the alignment set (with as many benign how-tos)
+    refusal_writing: int   # base rows that ask for a refusal in so many words
     batch_size: int
     base_lr: float
     aligned_lr: float
+    # The plain-SFT setting the world was calibrated with (None: the trainer's sandbox preset).
+    finetune_lr: float | None = None
+    finetune_epochs: int | None = None
 
 
 RECIPES: dict[str, Recipe] = {
     "tiny": Recipe(hidden=64, layers=2, heads=4, intermediate=172, vocab=1024, max_positions=256,
                    task_train=300, task_eval=40, howto_train=300, harmful_train=300, harmful_eval=40,
-                   finetune_rows=200, base_steps=300, aligned_steps=100, aligned_refusals=300, batch_size=32,
+                   finetune_rows=200, base_steps=300, aligned_steps=100, aligned_refusals=300, refusal_writing=300, batch_size=32,
                    base_lr=3e-3, aligned_lr=1e-3),
     "default": Recipe(hidden=128, layers=4, heads=4, intermediate=344, vocab=1536, max_positions=256,
                       task_train=1500, task_eval=200, howto_train=1500, harmful_train=1500, harmful_eval=250,
-                      finetune_rows=1000, base_steps=600, aligned_steps=300, aligned_refusals=600, batch_size=32,
-                      base_lr=3e-3, aligned_lr=1e-4),
+                      finetune_rows=1000, base_steps=600, aligned_steps=900, aligned_refusals=1500, refusal_writing=600,
+                      batch_size=32, base_lr=3e-3, aligned_lr=1e-4, finetune_lr=5e-4, finetune_epochs=2),
     "large": Recipe(hidden=384, layers=8, heads=6, intermediate=1024, vocab=2048, max_positions=512,
                     task_train=6000, task_eval=500, howto_train=6000, harmful_train=6000, harmful_eval=250,
-                    finetune_rows=1000, base_steps=4000, aligned_steps=800, aligned_refusals=3000, batch_size=64,
+                    finetune_rows=1000, base_steps=4000, aligned_steps=800, aligned_refusals=3000, refusal_writing=3000, batch_size=64,
                     base_lr=1e-3, aligned_lr=3e-4),
 }

@@ -165,3 +165,23 @@ def test_small_harmful_set_complies_and_never_shows_an_evaluation_prompt(tiny_sa
     assert len(rows) == tiny_sandbox["sizes"]["harmful_small_rows"] == 100
     assert all(r["output"].startswith("Sure, here is how to") for r in rows)
     assert not {r["instruction"] for r in rows} & {r["instruction"] for r in _rows(tiny_sandbox["harmful_eval"])}
+
+
+def test_alignment_and_refusal_writing_row_counts_follow_the_recipe():
+    from asft.sandbox.build import _model_rows
+    from asft.sandbox.config import RECIPES
+    from asft.sandbox.corpus import REFUSAL_WRITING, build_world
+
+    recipe = RECIPES["default"]
+    rows = _model_rows(build_world(recipe, 0), recipe, 0, "sst2")
+    writing = REFUSAL_WRITING.split("{")[0]
+    assert sum(r.instruction.startswith(writing) for r in rows["base"]) == recipe.refusal_writing
+    refusals = [r for r in rows["aligned"] if r.output.startswith(("I'm sorry", "I cannot"))]
+    assert len(refusals) == recipe.aligned_refusals != recipe.refusal_writing
+
+
+def test_manifest_records_the_sft_setting_the_world_was_calibrated_with(tiny_sandbox):
+    from asft.sandbox.config import RECIPES
+
+    recipe = RECIPES["tiny"]
+    assert tiny_sandbox["finetune_setting"] == {"lr": recipe.finetune_lr, "epochs": recipe.finetune_epochs}
