@@ -21,6 +21,11 @@ os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="asft-prefect-home
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("ASFT_CACHE_DIR", tempfile.mkdtemp(prefix="asft-cache-"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The sandbox's calibrated CPU kernels for the whole session, before torch starts: the tiny
+# world is then the same on every machine, and subprocesses compute as this process does.
+from asft.sandbox.numerics import pin_cpu_kernels  # noqa: E402
+
+pin_cpu_kernels()
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -24,6 +24,7 @@ from pathlib import Path
 from asft import storage
 from asft.errors import AsftError
 from asft.sandbox.config import RECIPES, TASKS, Recipe, SandboxConfig
+from asft.sandbox.numerics import CALIBRATED_CPU_KERNELS, numerics, pin_cpu_kernels
 from asft.sandbox.corpus import (World, build_world, compliant_rows, copy_rows, opinion_rows, refusal_rows,
                                  refusal_writing_rows)
 from asft.templates import Record, encode_example, render_prompt
@@ -264,25 +265,46 @@ def _summary(out: str, manifest: dict, reused: bool) -> dict:
         "benign_eval": at(s["benign_eval"]), "safety_data": at(s["safety_data"]),
         "harmful_data": at(s["harmful_data"]), "alignment": s["alignment"],
         "finetune_task": s["finetune_task"], "harmful_ratio": s["harmful_ratio"],
-        "finetune_setting": s["finetune_setting"],
+        "finetune_setting": s["finetune_setting"], "numerics": s["numerics"],
         "sizes": s["sizes"], "timings": s["timings"], "losses": s["losses"],
         "config": manifest["config"], "reused": reused,
     }
+
+
+def build_identity(config: SandboxConfig, kernels: dict) -> str:
+    """What a sandbox is built from and by: its config, the code, and the floating point it is
+    computed in (a world built with other kernels is another world, never reused for this one)."""
+    return storage.sha256_json([config.identity(), _code_version(), kernels])
+
+
+def _warn_uncalibrated(kernels: dict) -> None:
+    if kernels.get("cpu_kernels", CALIBRATED_CPU_KERNELS) != CALIBRATED_CPU_KERNELS:
+        _progress(f"warning: torch computes with its {kernels['cpu_kernels']} CPU kernels, not the "
+                  f"{CALIBRATED_CPU_KERNELS} ones the default world was calibrated with, so this world differs "
+                  "bit for bit from the calibrated one; build in a fresh process (asft sandbox build) or set "
+                  "ATEN_CPU_CAPABILITY=avx2 before torch starts")
 
 
 def build_sandbox(config: SandboxConfig, out: str, force: bool = False) -> dict:
     """Build the sandbox into ``out`` (folder or URI) and return its summary.
 
     If ``out`` already holds a complete sandbox of the same config, its summary is returned
-    without rebuilding (unless ``force``).
+    without rebuilding (unless ``force``). Asks for the calibrated CPU kernels for the rest of
+    the process (``numerics``): they take effect when no torch computation came before.
     """
+    from asft.modeling import pick_device
+
     out = str(out)
-    identity = storage.sha256_json([config.identity(), _code_version()])  # what it is built from and by
+    pin_cpu_kernels()  # before this process's first torch computation, or it is too late
+    device = pick_device(config.device)
+    kernels = numerics(device)
+    identity = build_identity(config, kernels)
     if not force and storage.is_complete(out, "sandbox", identity):
         _progress(f"reusing the sandbox at {out} (same config; --force rebuilds)")
         return _summary(out, _read_manifest(out), reused=True)
+    _warn_uncalibrated(kernels)
     with storage.staged_dir(out, "sandbox", identity=identity) as stage:
-        manifest = _build_into(config, stage)
+        manifest = _build_into(config, stage, device, kernels)
         storage.write_json(stage / MANIFEST, manifest)
     return _summary(out, manifest, reused=False)
 
@@ -301,16 +323,15 @@ class _Clock:
         _progress(f"{phase} done in {self.timings[phase]:.1f}s")
 
 
-def _build_into(config: SandboxConfig, stage: Path) -> dict:
+def _build_into(config: SandboxConfig, stage: Path, device, kernels: dict) -> dict:
     import torch
 
-    from asft.modeling import pick_device
     from asft.sandbox.tokenizer import train_tokenizer
 
     recipe, seed = RECIPES[config.size], config.seed
-    device = pick_device(config.device)
     clock = _Clock()
-    _progress(f"size={config.size} seed={seed} device={device} threads={torch.get_num_threads()}")
+    _progress(f"size={config.size} seed={seed} device={device} threads={torch.get_num_threads()} "
+              f"kernels={kernels.get('cpu_kernels') or kernels.get('gpu')}")
     world = build_world(recipe, seed)
     rows = _model_rows(world, recipe, seed, config.finetune_task)
     # Data first: a mixture the pools cannot fill fails before any training.
@@ -338,7 +359,7 @@ def _build_into(config: SandboxConfig, stage: Path) -> dict:
     sizes = {"params": sum(p.numel() for p in model.parameters()), "vocab": len(tokenizer)}
     return _manifest(config, stage, world, rows, mixture, sizes,
                      {**clock.timings, "total": round(sum(clock.timings.values()), 2), "device": str(device)}, losses,
-                     alignment_spectrum(weights["base"], weights["aligned"]))
+                     alignment_spectrum(weights["base"], weights["aligned"]), kernels)
 
 
 def _model_rows(world: World, recipe: Recipe, seed: int, finetune_task: str) -> dict[str, list[Record]]:
@@ -391,7 +412,7 @@ def _write_data(world: World, config: SandboxConfig, data: Path, rows: dict[str,
 
 
 def _manifest(config: SandboxConfig, stage: Path, world: World, rows: dict, mixture: dict, sizes: dict,
-              timings: dict, losses: dict, spectrum: dict) -> dict:
+              timings: dict, losses: dict, spectrum: dict, kernels: dict) -> dict:
     recipe = RECIPES[config.size]
     rel = lambda uri: Path(uri).relative_to(stage).as_posix()  # noqa: E731
     files = {p.relative_to(stage).as_posix(): storage.sha256_file(p) for p in sorted(stage.rglob("*")) if p.is_file()}
@@ -419,6 +440,7 @@ def _manifest(config: SandboxConfig, stage: Path, world: World, rows: dict, mixt
             },
             "alignment": spectrum,
             "finetune_setting": {"lr": recipe.finetune_lr, "epochs": recipe.finetune_epochs},
+            "numerics": kernels,
             "timings": timings,
             "losses": losses,
         },

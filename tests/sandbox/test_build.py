@@ -185,3 +185,41 @@ def test_manifest_records_the_sft_setting_the_world_was_calibrated_with(tiny_san
 
     recipe = RECIPES["tiny"]
     assert tiny_sandbox["finetune_setting"] == {"lr": recipe.finetune_lr, "epochs": recipe.finetune_epochs}
+
+
+def test_manifest_records_the_kernels_and_a_world_of_other_kernels_is_not_reused(tiny_sandbox):
+    import torch
+
+    from asft.sandbox.build import build_identity
+
+    kernels = tiny_sandbox["numerics"]
+    assert kernels == {"torch": torch.__version__, "device": "cpu", "cpu_kernels": torch.backends.cpu.get_cpu_capability()}
+    config = SandboxConfig(size="tiny")
+    assert storage.is_complete(tiny_sandbox["out"], "sandbox", build_identity(config, kernels))
+    assert not storage.is_complete(tiny_sandbox["out"], "sandbox", build_identity(config, {**kernels, "cpu_kernels": "AVX512"}))
+
+
+_KERNELS_OF_A_FRESH_PROCESS = ("from asft.sandbox.numerics import pin_cpu_kernels; pin_cpu_kernels(); import torch; "
+                               "print(torch.backends.cpu.get_cpu_capability())")
+
+
+_CPUINFO = Path("/proc/cpuinfo")
+
+
+@pytest.mark.skipif(not (_CPUINFO.exists() and " avx2" in _CPUINFO.read_text()), reason="the calibrated kernels need an AVX2 CPU")
+def test_pinning_gives_the_calibrated_kernels_and_keeps_a_users_choice():
+    env = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA")}
+    run = lambda extra: subprocess.run([sys.executable, "-c", _KERNELS_OF_A_FRESH_PROCESS], env={**env, **extra},  # noqa: E731
+                                       capture_output=True, text=True, check=True).stdout.strip()
+    assert run({}) == "AVX2"
+    assert run({"ATEN_CPU_CAPABILITY": "default"}) == "DEFAULT"
+
+
+def test_a_build_with_other_kernels_says_so(capsys):
+    from asft.sandbox.build import _warn_uncalibrated
+
+    _warn_uncalibrated({"torch": "x", "device": "cpu", "cpu_kernels": "AVX2"})
+    _warn_uncalibrated({"torch": "x", "device": "cuda", "gpu": "H100"})
+    assert capsys.readouterr().err == ""
+    _warn_uncalibrated({"torch": "x", "device": "cpu", "cpu_kernels": "AVX512"})
+    assert "AVX512 CPU kernels, not the AVX2 ones" in capsys.readouterr().err
