@@ -38,7 +38,11 @@ def pipeline(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
     from flows.pipeline import asft_pipeline
 
     _drop_user_error_tracebacks()
-    summary = asft_pipeline(config=settings)
+    try:
+        summary = asft_pipeline(config=settings)
+    except BaseException:
+        _stop_prefect_before_the_error_line()
+        raise
     progress(f"\nMLflow UI:  mlflow ui --backend-store-uri {summary['tracking_uri']}")
     progress(f"artefacts:  {summary['artifacts']}")
     if summary.get("nothing_new"):
@@ -82,6 +86,20 @@ class _WithoutUserErrorTracebacks(logging.Filter):
         if record.exc_info and isinstance(record.exc_info[1], AsftError):
             record.exc_info, record.exc_text = None, None
         return True
+
+
+def _stop_prefect_before_the_error_line() -> None:
+    """Prefect stops its temporary server at exit, after the command's error line, and a request
+    the server is still answering then ends in a traceback on stderr (seen once in CI). Send the
+    last logs and events and stop the server first, so the error line stays the last line."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.server.api.server import SubprocessASGIServer
+
+    for service in (APILogWorker, EventsWorker):
+        service.drain_all(timeout=5)
+    for server in list(SubprocessASGIServer._instances.values()):
+        server.stop()
 
 
 def _drop_user_error_tracebacks() -> None:

@@ -61,7 +61,7 @@ def test_aggregate_over_seeds_matches_a_hand_computation():
 @pytest.mark.slow
 def test_table_over_seeds_rows_columns_plot_and_resume(tiny_sandbox, tmp_path, capsys):
     table = _run(capsys, tiny_sandbox, tmp_path, "--seeds", "2")  # no --size: the built sandbox's own size, no rebuild
-    assert table["sandbox"]["size"] == "tiny"
+    assert table["sandbox"]["size"] == "tiny" and table["sandbox"]["numerics"] == tiny_sandbox["numerics"]
     task = tiny_sandbox["finetune_task"]
     assert table["protocol"]["finetune_task"] == task and table["protocol"]["seeds"] == [0, 1]
 
