@@ -17,7 +17,7 @@ class SandboxConfig(FormModel):
     """A sandbox build. Same config (device aside) -> identical files and weights."""
 
     size: Literal["tiny", "default", "large"] = Field(
-        "default", description="tiny: unit tests (~30 s on 1 core); default: ~5 min on 2 CPU cores; "
+        "default", description="tiny: unit tests (~30 s on 1 core); default: ~3.5 min on 2 CPU cores; "
         "large: bigger model and corpus, meant for a GPU")
     seed: int = Field(0, ge=0, description="Seed for the corpus, the splits, the mixture and the weights")
     harmful_ratio: float = Field(0.1, ge=0.0, le=1.0, description="Share p of harmful rows in the fine-tuning mixture")
@@ -67,8 +67,8 @@ RECIPES: dict[str, Recipe] = {
                    base_lr=3e-3, aligned_lr=1e-3),
     "default": Recipe(hidden=128, layers=4, heads=4, intermediate=344, vocab=1536, max_positions=256,
                       task_train=1500, task_eval=200, howto_train=1500, harmful_train=1500, harmful_eval=250,
-                      finetune_rows=1000, base_steps=600, aligned_steps=900, aligned_refusals=1500, refusal_writing=600,
-                      batch_size=32, base_lr=3e-3, aligned_lr=1e-4, finetune_lr=5e-4, finetune_epochs=2),
+                      finetune_rows=1000, base_steps=600, aligned_steps=650, aligned_refusals=1500, refusal_writing=600,
+                      batch_size=32, base_lr=3e-3, aligned_lr=1.4e-4, finetune_lr=5e-4, finetune_epochs=2),
     "large": Recipe(hidden=384, layers=8, heads=6, intermediate=1024, vocab=2048, max_positions=512,
                     task_train=6000, task_eval=500, howto_train=6000, harmful_train=6000, harmful_eval=250,
                     finetune_rows=1000, base_steps=4000, aligned_steps=800, aligned_refusals=3000, refusal_writing=3000, batch_size=64,
