@@ -5,8 +5,9 @@ truth (the "\\n\\nAssistant:" artefact is stripped from instructions first: a sc
 it would learn nothing), and the held-out files in ``benchmarks/data/screening_holdout``
 (general-purpose instruction data and task mixtures with harm mixed in, written
 independently of every screener's data; never fit or calibrate on them). Arms: the default
-encoder screener, the rules, both combined (any), and the encoder calibrated at 3 % FPR on
-the file's own first 30 % (a user's labelled sample), judged on the remaining rows. Plus the
+encoder screener (tuned), the zero-shot encoder, the rules, default + rules combined (any),
+and the default calibrated at 3 % FPR on the file's own first 30 % (a user's labelled
+sample), judged on the remaining rows. Plus the
 flag rate on the BeaverTails evaluation prompts (unfiltered, so not all harmful; no truth).
 Rows/s is wall time of ``score`` (model loading excluded) at torch's thread count, and the
 CPU seconds it took; other processes on the machine slow the wall figure.
@@ -95,12 +96,12 @@ def judged(arms_out: dict, truth: list[bool]) -> dict:
 def run(folder: Path | None) -> dict:
     import torch
 
-    from asft.data.screening.encoder import EncoderScreener
+    from asft.data.screening.encoder import EncoderScreener, encoder_screener
     from asft.data.screening.rules import RulesScreener
     from asft.templates import Record
 
-    encoder = EncoderScreener()
-    screeners = {"encoder": encoder, "rules": RulesScreener()}
+    encoder = encoder_screener()
+    screeners = {"encoder": encoder, "zero-shot": EncoderScreener(), "rules": RulesScreener()}
     result = {"threads": torch.get_num_threads(), "encoder": encoder.describe(), "files": {}, "generalisation": {}}
     sets = [(name, *load(folder, name)) for name in TRAINING_FILES] if folder is not None else []
     sets += [(f"holdout/{name}", *load_holdout(name)) for name in HOLDOUT_FILES]

@@ -293,8 +293,11 @@ def direction(config: PipelineConfig, run: Run, inputs: dict, hashes: dict) -> d
 
 
 def screening(config: PipelineConfig, run: Run, inputs: dict, hashes: dict) -> dict:
+    from asft.data.screen import screener_content
+
     settings = config.screening.model_dump(by_alias=True)
     content = [hashes["data"], hashes["labels"]] + ([hashes["release"]] if hashes.get("release") else [])
+    content += screener_content(config.screening)
     key = jobs.SCREENING.identity(settings, content)
     out = storage.join(run.root, "screening", key)
     return _cached(screen_data, jobs.SCREENING, out)(key, inputs["data"], inputs["labels"],

@@ -1,4 +1,5 @@
-"""``asft screen``: ingest and screen fine-tuning data; ``asft screen fit``: fit an encoder head."""
+"""``asft screen``: ingest and screen fine-tuning data; ``asft screen tune``: tune the encoder
+screener on labelled rows; ``asft screen fit``: fit a head on a frozen encoder."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ def screen(
     ctx: typer.Context,
     hf_dataset: Optional[str] = typer.Option(None, "--hf-dataset", help="Hugging Face dataset name (instead of --data)"),
     screener_model: Optional[str] = typer.Option(
-        None, "--screener-model", help="Encoder: a head folder from `asft screen fit` (encoder.head), or a sentence-transformers model (encoder.model)"),
+        None, "--screener-model", help="Encoder: a folder from `asft screen tune` (encoder.tuned_model), a head folder from "
+        "`asft screen fit` (encoder.head), or a sentence-transformers model for zero-shot (encoder.model)"),
     allow_missing_output: Optional[bool] = typer.Option(
         None, "--allow-missing-output", help="Accept rows without an answer (prompt sets): ingest.require_output=false"),
     as_json: bool = JSON_OPTION,
@@ -38,6 +40,7 @@ def screen(
         return
     from asft.data.sources import HF_PREFIX
     from asft.data.screening.encoder import is_head_folder
+    from asft.data.screening.tuned import is_tuned_folder
 
     got = config_args.given(ctx)
     extra = {}
@@ -46,7 +49,8 @@ def screen(
     if allow_missing_output:
         extra["ingest.require_output"] = ("--allow-missing-output", False)
     if screener_model:
-        extra["encoder.head" if is_head_folder(screener_model) else "encoder.model"] = ("--screener-model", screener_model)
+        field = "tuned_model" if is_tuned_folder(screener_model) else "head" if is_head_folder(screener_model) else "model"
+        extra[f"encoder.{field}"] = ("--screener-model", screener_model)
     if "device" in got.options and "encoder.device" not in got.options:  # the encoder has no 'auto'
         device = got.options["device"][1]
         extra["encoder.device"] = ("--device", "cpu" if device == "auto" else device)
@@ -58,7 +62,9 @@ def screen(
     summary = {key: report[key] for key in ("counts", "files", "timing", "reject_reasons")}
     if "quality" in report:
         summary["quality"] = report["quality"]
-    points = [s["operating_point"] for s in report["screener"].get("screeners", [report["screener"]]) if "operating_point" in s]
+    # the threshold in use: calibrated on the user's sample, else the tuned model's own (held-out rows)
+    points = [s.get("operating_point") or s["shipped_operating_point"] for s in report["screener"].get("screeners", [report["screener"]])
+              if "operating_point" in s or "shipped_operating_point" in s]
     if points:
         summary["operating_point"] = points[0]
     emit(summary, as_json)
@@ -89,3 +95,39 @@ def fit(
     summary = fit_head([r.record for r in ingested.rows], [truth[r.row_index] for r in ingested.rows], out,
                        model=model or BUNDLED_MODEL, c=c)
     emit({**summary, "rejected": len(ingested.rejects)}, as_json)
+
+
+@screen_app.command("tune")
+def tune(
+    data: Optional[str] = typer.Option(None, "--data", help="Labelled requests (any format asft screen reads); "
+                                       "default: the set the shipped screener was tuned on (head_data)"),
+    labels: Optional[str] = typer.Option(None, "--labels", help='With --data: {"harmful_indices": [...]} JSON file or a boolean column name'),
+    out: str = typer.Option(..., "--out", help="Folder to write the screener to (tuned.safetensors + tuned.json)"),
+    epochs: int = typer.Option(3, "--epochs", min=1, max=50, help="Passes over the training rows per seed"),
+    soup: int = typer.Option(3, "--soup", min=1, max=10, help="Seeds whose weights are averaged"),
+    seed: int = typer.Option(0, "--seed", help="First seed; it also draws the held-out rows"),
+    target_fpr: float = typer.Option(0.03, "--target-fpr", min=0.001, max=0.5, help="Share of held-out benign rows the threshold flags"),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Fine-tune all-MiniLM-L6-v2 as the encoder screener (about 10 min on two CPU cores for the
+    shipped set); use it with --screener-model OUT. A fifth of the rows sets the threshold."""
+    from asft.data.screening.tuned import TuneSettings, shipped_training_set
+    from asft.data.screening.tuned import tune as tune_screener
+
+    if (data is None) != (labels is None):
+        raise AsftError("asft screen tune: give --data and --labels together (or neither, for the shipped training set)")
+    if data is None:
+        records, truth = shipped_training_set()
+    else:
+        from asft.data.ingest import IngestConfig, ingest
+        from asft.data.report import load_labels
+
+        ingested = ingest(data, IngestConfig(require_output=False))
+        found = load_labels(labels, ingested)
+        records, truth = [r.record for r in ingested.rows], [found[r.row_index] for r in ingested.rows]
+        if ingested.rejects:
+            progress(f"{data}: {len(ingested.rejects)} rows could not be read and are not used")
+    progress(f"tuning a screener on {len(records)} rows ({int(sum(truth))} harmful)")
+    settings = TuneSettings(epochs=epochs, soup=soup, seed=seed, target_fpr=target_fpr)
+    summary = tune_screener(records, truth, out, settings, progress=progress)
+    emit({"out": out, **{k: summary[k] for k in ("rows", "harmful_rows", "threshold", "operating_point")}}, as_json)

@@ -60,9 +60,9 @@ def build_screener(config: ScreenConfig) -> Screener:
 
             screeners.append(RulesScreener(include_output=config.rules_include_output))
         elif name == "encoder":
-            from asft.data.screening.encoder import EncoderScreener
+            from asft.data.screening.encoder import encoder_screener
 
-            screeners.append(EncoderScreener(config.encoder))
+            screeners.append(encoder_screener(config.encoder))
         elif name == "classifier":
             from asft.data.screening.classifier import ClassifierScreener
 
@@ -77,6 +77,20 @@ def build_screener(config: ScreenConfig) -> Screener:
                 raise AsftError("the guard screener needs a model: --guard-model PATH")
             screeners.append(GuardScreener(config.guard_model, device=config.device))
     return combine(screeners, config.combine)
+
+
+def screener_content(config: ScreenConfig) -> list[str]:
+    """Hashes of the weights the settings name only by path (the tuned encoder's, a fitted
+    head's), and the precision ``auto`` resolved to: a retrained screener, or another
+    machine's arithmetic, must not reuse cached screening."""
+    from asft.data.sources import source_sha256
+    from asft.data.screening.tuned import resolve_precision, weights_digest
+
+    if "encoder" not in config.screeners:
+        return []
+    if config.encoder.mode == "tuned":  # bf16 flags a few rows differently from fp32: the precision in use is part of it
+        return [weights_digest(config.encoder.tuned_model), resolve_precision(config.encoder.precision, config.encoder.device)]
+    return [source_sha256(config.encoder.head)] if config.encoder.mode == "head" else []
 
 
 class _Output:

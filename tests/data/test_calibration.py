@@ -47,7 +47,7 @@ def test_encoder_calibrates_on_the_users_labelled_sample(tmp_path, embedder):
     from asft.templates import Record
 
     benign_scores = np.array([r.score for r in plain.score([Record(t) for t in BENIGN])])
-    screener = EncoderScreener(EncoderConfig(calibration=str(sample), target_fpr=0.1), embedder=embedder)
+    screener = EncoderScreener(EncoderConfig(mode="zero-shot", calibration=str(sample), target_fpr=0.1), embedder=embedder)
     point = screener.describe()["operating_point"]
     assert point["threshold"] == pytest.approx(np.sort(benign_scores)[-2], abs=1e-6)  # 10 % of 10 benign rows: 1 above
     assert point["benign_rows"] == 10 and point["harmful_rows"] == 4 and point["fpr"] == 0.1
@@ -58,4 +58,4 @@ def test_encoder_calibrates_on_the_users_labelled_sample(tmp_path, embedder):
     only_harmful = tmp_path / "harmful.jsonl"
     only_harmful.write_text("".join(json.dumps(r) + "\n" for r in rows[:4]))
     with pytest.raises(AsftError, match="no benign rows"):
-        EncoderScreener(EncoderConfig(calibration=str(only_harmful)), embedder=embedder)
+        EncoderScreener(EncoderConfig(mode="zero-shot", calibration=str(only_harmful)), embedder=embedder)

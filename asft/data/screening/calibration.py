@@ -35,3 +35,22 @@ def operating_point(threshold: float, benign_scores: np.ndarray, harmful_scores:
         point.update(harmful_rows=len(harmful_scores), recall=round(caught / len(harmful_scores), 4),
                      recall_95ci=[round(low, 4), round(high, 4)])
     return point
+
+
+def calibrate(screener, sample: str, labels: str, target_fpr: float) -> tuple[float, dict[str, Any]]:
+    """(threshold, operating point) of ``screener`` at ``target_fpr`` on a labelled sample (any
+    source asft screen reads; ``labels`` a boolean column or a harmful_indices file)."""
+    from asft.data.ingest import IngestConfig, ingest
+    from asft.data.report import load_labels
+    from asft.errors import AsftError
+
+    data = ingest(sample, IngestConfig(require_output=False))
+    truth = load_labels(labels, data)
+    if not any(not truth[r.row_index] for r in data.rows):
+        raise AsftError(f"calibration sample {sample}: no benign rows (labels {labels}); the threshold is set on "
+                        "benign rows, so give a sample with both kinds")
+    scores = np.array([r.score for r in screener.score([row.record for row in data.rows])])
+    harmful = np.array([truth[r.row_index] for r in data.rows])
+    threshold = threshold_for_fpr(scores[~harmful], target_fpr)
+    return threshold, operating_point(threshold, scores[~harmful], scores[harmful], target_fpr,
+                                      f"{sample} ({len(data.rows)} rows)")

