@@ -328,6 +328,18 @@ def _locked(path: Path, blocking: bool = True) -> Iterator[bool]:
         os.close(fd)
 
 
+@contextmanager
+def build_lock(target: Path) -> Iterator[None]:
+    """Hold while building the local folder ``target`` once: other processes wait here, then
+    find it built. The lock is a file beside it, not the parent folder that ``staged_dir`` locks
+    to swap the result in (locking that here would make the builder wait on itself)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lock = target.parent / f".{target.name}.lock"
+    lock.touch()
+    with _locked(lock):
+        yield
+
+
 def _clean_stale_stages(parent: Path, name: str) -> None:
     """Remove staging folders of ``name`` whose writer died (a live writer holds its lock)."""
     for stage in parent.glob(f".{glob.escape(name)}.*.tmp"):

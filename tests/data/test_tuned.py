@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -83,12 +84,13 @@ def test_tune_writes_safetensors_with_a_held_out_threshold(tmp_path):
     everything, truth = shipped_training_set()
     rows = np.r_[np.flatnonzero(~truth)[:40], np.flatnonzero(truth)[:40]]
     records, labels = [everything[i] for i in rows], truth[rows]
-    settings = TuneSettings(epochs=1, soup=2, batch_size=16, held_out=0.3)
+    settings = TuneSettings(layers=2, epochs=1, soup=2, batch_size=16, held_out=0.3)
     summary = tune(records, labels, str(tmp_path / "tuned"), settings)
     assert sorted(p.name for p in (tmp_path / "tuned").iterdir()) == [storage.OUTPUT_MARKER, "tuned.json", "tuned.safetensors"]
     assert is_tuned_folder(str(tmp_path / "tuned")) and not is_tuned_folder("sentence-transformers/all-MiniLM-L6-v2")
     model, config = load_tuned(str(tmp_path / "tuned"))
     assert config == summary and summary["operating_point"]["fpr"] <= 0.03
+    assert config["layers"] == len(model.encoder.encoder.layer) == 2  # loaded with the layers it was tuned with
     screener = TunedScreener(EncoderConfig(tuned_model=str(tmp_path / "tuned")))
     assert screener.threshold == summary["threshold"]
     assert weights_digest(str(tmp_path / "tuned")) != weights_digest("bundled:asft-tuned-minilm")
@@ -99,6 +101,35 @@ def test_tune_writes_safetensors_with_a_held_out_threshold(tmp_path):
     with pytest.raises(AsftError):
         tune(records, labels, str(tmp_path / "mine"), settings)
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+
+
+BUILD_ONCE = """
+import sys
+import numpy as np
+from pathlib import Path
+from asft.data.screening.tuned import TuneSettings, built_once, shipped_training_set
+everything, truth = shipped_training_set()
+rows = np.r_[np.flatnonzero(~truth)[:20], np.flatnonzero(truth)[:20]]
+settings = TuneSettings(epochs=1, soup=1, batch_size=16, held_out=0.5)
+print(built_once(Path(sys.argv[1]), [everything[i] for i in rows], truth[rows], settings, print))
+"""
+
+
+@pytest.mark.slow
+def test_the_first_use_build_runs_once_and_never_waits_on_itself(tmp_path):
+    """Two processes ask for the same screener in an empty cache: one tunes it, the other waits
+    and reuses it (the builder once waited forever on its own lock)."""
+    runs = [subprocess.Popen([sys.executable, "-c", BUILD_ONCE, str(tmp_path / "cache")], stdout=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    try:
+        outputs = [run.communicate(timeout=300)[0] for run in runs]
+    finally:
+        for run in runs:
+            run.kill()  # a builder waiting on itself would otherwise outlive the test
+    assert [run.returncode for run in runs] == [0, 0]
+    folders = {output.strip().splitlines()[-1] for output in outputs}
+    assert len(folders) == 1 and (tmp_path / "cache" / Path(folders.pop()).name / "tuned.json").exists()
+    assert sum(output.count("not built on this machine yet") for output in outputs) == 1
 
 
 def test_the_soup_is_the_mean_of_the_seeds_in_fp16():

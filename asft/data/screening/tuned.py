@@ -39,6 +39,7 @@ POOL_SCALE = 10.0  # unit-norm embeddings times this give the head logits of a u
 
 @dataclass(frozen=True)
 class TuneSettings:
+    layers: int = 6  # the first N of MiniLM's six transformer layers
     epochs: int = 3
     lr: float = 5e-5  # encoder layers
     head_lr: float = 2e-3
@@ -89,7 +90,7 @@ def resolve_precision(precision: str, device: str = "cpu") -> str:
 class RequestClassifier:
     """The encoder, mean pooling and a linear head: a harm logit per text."""
 
-    def __init__(self, device: str = "cpu", precision: str = "fp32"):
+    def __init__(self, device: str = "cpu", precision: str = "fp32", layers: int = 6):
         import torch
         from transformers import AutoModel, AutoTokenizer
 
@@ -102,6 +103,8 @@ class RequestClassifier:
         self.device, self.bf16 = pick_device(device), resolve_precision(precision, device) == "bf16"
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.encoder = AutoModel.from_pretrained(path, use_safetensors=True).to(self.device)
+        self.encoder.encoder.layer = self.encoder.encoder.layer[:layers]
+        self.encoder.config.num_hidden_layers = layers
         self.encoder.embeddings.requires_grad_(False)
         self.head = torch.nn.Linear(self.encoder.config.hidden_size, 1).to(self.device)
         torch.nn.init.zeros_(self.head.weight)  # every seed starts from the same point, so seeds can be averaged
@@ -131,7 +134,7 @@ class RequestClassifier:
         pooled = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
         return self.head(pooled * POOL_SCALE).squeeze(-1), pooled
 
-    def score(self, texts: list[str], max_tokens: int, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    def score(self, texts: list[str], max_tokens: int, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
         """Harm probability and pooled embedding of each text; distinct texts run once, sorted by
         length so that a batch pads little."""
         import torch
@@ -155,7 +158,7 @@ def _train_one(texts: list[str], labels: np.ndarray, settings: TuneSettings, see
     import torch
 
     torch.manual_seed(seed)
-    model = RequestClassifier()
+    model = RequestClassifier(layers=settings.layers)
     layers = [p for p in model.encoder.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW([{"params": layers, "lr": settings.lr},
                                    {"params": model.head.parameters(), "lr": settings.head_lr}], weight_decay=0.01)
@@ -212,12 +215,12 @@ def tune(records: list[Record], labels: np.ndarray, out: str, settings: TuneSett
     states = [_train_one(fit_texts, labels[fit], settings, settings.seed + k, bar) for k in range(settings.soup)]
     bar.close()
     weights = _soup(states)
-    model = RequestClassifier()
+    model = RequestClassifier(layers=settings.layers)
     model.load_state(weights)
     scores, _ = model.score([texts[i] for i in held], settings.max_tokens)
     benign, harmful = scores[~labels[held]], scores[labels[held]]
     threshold = threshold_for_fpr(benign, settings.target_fpr)
-    summary = {"base_model": "all-MiniLM-L6-v2", "max_tokens": settings.max_tokens, "threshold": threshold,
+    summary = {"base_model": "all-MiniLM-L6-v2", "layers": settings.layers, "max_tokens": settings.max_tokens, "threshold": threshold,
                "operating_point": operating_point(threshold, benign, harmful, settings.target_fpr,
                                                   f"{held_rows} held-out rows of the training data"),
                "rows": len(texts), "harmful_rows": int(labels.sum()), "data_sha256": data_digest(texts, labels),
@@ -231,25 +234,29 @@ def tune(records: list[Record], labels: np.ndarray, out: str, settings: TuneSett
     return summary
 
 
-def default_folder(progress: Callable[[str], None] | None = None) -> Path:
-    """The default screener, tuned from head_data on first use (7 min on two CPU cores, once per
-    machine) into ASFT_SCREENER_CACHE (default: asft's cache); 21 MB of weights are not shipped."""
+def built_once(root: Path, records: list[Record], labels: np.ndarray, settings: TuneSettings,
+               progress: Callable[[str], None]) -> Path:
+    """The screener tuned from these rows with these settings, in ``root/<recipe hash>``: the first
+    process to ask tunes it, the others wait and reuse it."""
     import torch
 
-    records, labels = shipped_training_set()
-    recipe = json.dumps([data_digest([request_text(r) for r in records], labels), asdict(TuneSettings()),
-                         torch.__version__]).encode()
-    root = Path(os.environ.get("ASFT_SCREENER_CACHE", storage.cache_root() / "tuned-screener"))
-    folder = root / hashlib.sha256(recipe).hexdigest()[:16]
-    root.mkdir(parents=True, exist_ok=True)
-    with storage._locked(root):  # one process tunes; the others wait and reuse it
+    recipe = json.dumps([data_digest([request_text(r) for r in records], labels), asdict(settings), torch.__version__])
+    folder = root / hashlib.sha256(recipe.encode()).hexdigest()[:16]
+    with storage.build_lock(folder):
         if not (folder / TUNED_CONFIG).exists():
-            progress = progress or (lambda message: print(message, file=sys.stderr, flush=True))
-            if progress:
-                progress(f"the default screener is not built on this machine yet: tuning it on head_data into {folder} "
-                         "(about 7 min on two CPU cores, once)")
-            tune(records, labels, str(folder), TuneSettings(), progress)
+            progress(f"the default screener is not built on this machine yet: tuning it on head_data into {folder} "
+                     "(about 10 min on two CPU cores, once)")
+            tune(records, labels, str(folder), settings, progress)
     return folder
+
+
+def default_folder(progress: Callable[[str], None] | None = None) -> Path:
+    """The default screener, tuned from head_data on first use (once per machine) into
+    ASFT_SCREENER_CACHE (default: asft's cache); 21 MB of weights are not shipped."""
+    records, labels = shipped_training_set()
+    root = Path(os.environ.get("ASFT_SCREENER_CACHE", storage.cache_root() / "tuned-screener"))
+    return built_once(root, records, labels, TuneSettings(),
+                      progress or (lambda message: print(message, file=sys.stderr, flush=True)))
 
 
 def tuned_folder(uri: str) -> Path:
@@ -274,9 +281,10 @@ def load_tuned(uri: str, device: str = "cpu", precision: str = "fp32") -> tuple[
     folder = tuned_folder(uri)
     if not (folder / TUNED_WEIGHTS).exists() or not (folder / TUNED_CONFIG).exists():
         raise AsftError(f"tuned screener {uri}: needs {TUNED_WEIGHTS} and {TUNED_CONFIG}; make one with `asft screen tune`")
-    model = RequestClassifier(device, precision)
+    config = json.loads((folder / TUNED_CONFIG).read_text())
+    model = RequestClassifier(device, precision, config.get("layers", 6))
     model.load_state(load_file(str(folder / TUNED_WEIGHTS)))
-    return model, json.loads((folder / TUNED_CONFIG).read_text())
+    return model, config
 
 
 class TunedScreener:
