@@ -167,7 +167,8 @@ class EncoderConfig(FormModel):
     calibration_labels: str = Field("harmful", description="The calibration sample's labels: a boolean column or a "
                                     "{\"harmful_indices\": [...]} JSON file.")
     max_tokens: int = Field(128, ge=8, le=512, description="Tokens embedded per field (64 is faster but cut GSM8K-style problems too short: more false positives).")
-    batch_size: int = Field(64, ge=1, le=4096, description="Encoder batch size.")
+    batch_size: int = Field(16, ge=1, le=4096, description="Encoder batch size: 16 screens fastest on two CPU cores "
+                            "(25 % more rows/s than 64 on long rows); on a GPU worker give 256 or more.")
     device: str = Field("cpu", description="cpu | cuda | auto.")
 
     @model_validator(mode="before")
@@ -237,7 +238,7 @@ def encoder_screener(config: EncoderConfig | None = None):
 class Embedder:
     """Unit-norm sentence embeddings, each distinct text encoded once."""
 
-    def __init__(self, model: str = BUNDLED_MODEL, device: str = "cpu", max_tokens: int = 128, batch_size: int = 64):
+    def __init__(self, model: str = BUNDLED_MODEL, device: str = "cpu", max_tokens: int = 128, batch_size: int = 16):
         self.model, self.batch_size = model, batch_size
         self.encoder = load_encoder(model, device, max_tokens)
 
