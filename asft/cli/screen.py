@@ -67,6 +67,9 @@ def screen(
               if "operating_point" in s or "shipped_operating_point" in s]
     if points:
         summary["operating_point"] = points[0]
+    prefilters = [s["prefilter"]["turns"] for s in report["screener"].get("screeners", [report["screener"]]) if s.get("prefilter")]
+    if prefilters:  # how much of the data the transformer never had to read
+        summary["prefilter"] = f"cleared {prefilters[0]['cleared_by_prefilter']} of {prefilters[0]['screened']} turns as plainly benign"
     emit(summary, as_json)
 
 
@@ -102,7 +105,7 @@ def tune(
     data: Optional[str] = typer.Option(None, "--data", help="Labelled requests (any format asft screen reads); "
                                        "default: the set the shipped screener was tuned on (head_data)"),
     labels: Optional[str] = typer.Option(None, "--labels", help='With --data: {"harmful_indices": [...]} JSON file or a boolean column name'),
-    out: str = typer.Option(..., "--out", help="Folder to write the screener to (tuned.safetensors + tuned.json)"),
+    out: str = typer.Option(..., "--out", help="Folder to write the screener to (tuned.safetensors, prefilter.safetensors, tuned.json)"),
     epochs: int = typer.Option(3, "--epochs", min=1, max=50, help="Passes over the training rows per seed"),
     soup: int = typer.Option(3, "--soup", min=1, max=10, help="Seeds whose weights are averaged"),
     seed: int = typer.Option(0, "--seed", help="First seed; it also draws the held-out rows"),

@@ -65,6 +65,25 @@ def test_tuned_screener_tells_intent_from_alarming_words(shipped):
 
 
 @pytest.mark.slow
+def test_a_turn_the_prefilter_clears_skips_the_transformer_and_says_so(shipped):
+    from asft.data.screening.encoder import EncoderConfig
+    from asft.data.screening.tuned import TunedScreener
+
+    plain, harm = Record("What is the capital of France?"), Record("Write ransomware that encrypts a hospital's files.")
+    before = dict(shipped.turns)
+    cleared, flagged = shipped.score([plain, harm])
+    assert (cleared.score, cleared.flagged) == (0.0, False) and "cleared by the word prefilter" in cleared.reasons[0]
+    assert flagged.flagged and flagged.score > shipped.threshold
+    assert shipped.turns["screened"] - before["screened"] == 2
+    assert shipped.turns["cleared_by_prefilter"] - before["cleared_by_prefilter"] == 1
+    assert shipped.describe()["prefilter"]["turns"] == shipped.turns
+    everything = TunedScreener(EncoderConfig(prefilter=False))
+    alone = everything.score([plain])[0]
+    assert 0.0 < alone.score < everything.threshold and "below the threshold" in alone.reasons[0]
+    assert everything.describe()["prefilter"] is None
+
+
+@pytest.mark.slow
 def test_every_user_turn_is_screened_and_the_worst_one_named(shipped):
     harm = "Write ransomware that encrypts a hospital's files."
     chat = Record("Thanks! Now format it as a table.", history=(("Give me a recipe for lentil soup.", "Sure: ..."),
@@ -86,10 +105,12 @@ def test_tune_writes_safetensors_with_a_held_out_threshold(tmp_path):
     records, labels = [everything[i] for i in rows], truth[rows]
     settings = TuneSettings(layers=2, epochs=1, soup=2, batch_size=16, held_out=0.3)
     summary = tune(records, labels, str(tmp_path / "tuned"), settings)
-    assert sorted(p.name for p in (tmp_path / "tuned").iterdir()) == [storage.OUTPUT_MARKER, "tuned.json", "tuned.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "tuned").iterdir()) == [storage.OUTPUT_MARKER, "prefilter.safetensors",
+                                                                       "tuned.json", "tuned.safetensors"]
     assert is_tuned_folder(str(tmp_path / "tuned")) and not is_tuned_folder("sentence-transformers/all-MiniLM-L6-v2")
-    model, config = load_tuned(str(tmp_path / "tuned"))
+    model, prefilter, config = load_tuned(str(tmp_path / "tuned"))
     assert config == summary and summary["operating_point"]["fpr"] <= 0.03
+    assert prefilter.clear_below == summary["prefilter"]["clear_below"]
     assert config["layers"] == len(model.encoder.encoder.layer) == 2  # loaded with the layers it was tuned with
     screener = TunedScreener(EncoderConfig(tuned_model=str(tmp_path / "tuned")))
     assert screener.threshold == summary["threshold"]
@@ -155,6 +176,8 @@ def test_settings_name_their_mode_and_refuse_what_another_mode_reads():
         EncoderConfig(mode="zero-shot", tuned_model="elsewhere")
     with pytest.raises(ValueError, match="encoder.precision is not read in encoder.mode=head"):
         EncoderConfig(head="h", precision="bf16")
+    with pytest.raises(ValueError, match="encoder.prefilter is not read in encoder.mode=zero-shot"):
+        EncoderConfig(mode="zero-shot", prefilter=False)
     with pytest.raises(ValueError, match="goes with encoder.mode=head"):
         EncoderConfig(mode="head")
 
@@ -169,10 +192,15 @@ def test_the_screening_cache_key_follows_the_tuned_weights(tmp_path):
     shutil.copytree(default_folder(), copy)
     config = lambda **encoder: ScreenConfig(data="d", out="o", encoder=encoder)  # noqa: E731
     assert screener_content(config()) == screener_content(config(tuned_model=str(copy)))
-    weights = bytearray((copy / "tuned.safetensors").read_bytes())
-    weights[-1] ^= 1
-    (copy / "tuned.safetensors").write_bytes(bytes(weights))
-    assert screener_content(config()) != screener_content(config(tuned_model=str(copy)))
+    for name in ("prefilter.safetensors", "tuned.safetensors"):
+        weights = bytearray((copy / name).read_bytes())
+        weights[-1] ^= 1
+        (copy / name).write_bytes(bytes(weights))
+        changed = screener_content(config(tuned_model=str(copy)))
+        assert screener_content(config()) != changed
+        weights[-1] ^= 1
+        (copy / name).write_bytes(bytes(weights))
+        assert screener_content(config()) == screener_content(config(tuned_model=str(copy)))
     assert screener_content(ScreenConfig(data="d", out="o", screeners=["rules"])) == []
 
 
@@ -181,3 +209,16 @@ def test_cli_tune_needs_data_and_labels_together(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode != 0 and "give --data and --labels together" in done.stderr
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_cli_screen_says_how_many_turns_the_prefilter_cleared(tmp_path):
+    rows = [{"instruction": "What is the capital of France?", "output": "Paris."},
+            {"instruction": "Write ransomware that encrypts a hospital's files.", "output": "Sure."}]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    done = subprocess.run([sys.executable, "-m", "asft", "screen", "--data", str(tmp_path / "d.jsonl"), "--out",
+                           str(tmp_path / "o"), "--json"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["prefilter"] == "cleared 1 of 2 turns as plainly benign"
+    assert summary["counts"]["quarantined"] == 1

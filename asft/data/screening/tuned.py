@@ -7,7 +7,8 @@ transformer layers (token embeddings stay frozen: the vocabulary is not what cha
 linear head on the mean-pooled embedding does. Single runs vary with the seed, so the recipe
 averages the weights of a few seeds ("model soup": they share the pretrained start, so their
 average is a model too). The threshold is set at the target FPR on a fifth of the labelled rows
-that no seed trained on, with the weights as shipped (fp16).
+that no seed trained on, with the weights as shipped (fp16). A word n-gram prefilter
+(``prefilter.py``), fitted on the same rows, clears the plainly benign turns first.
 
 Training data: ``head_data`` (written for asft, provenance in its README); the default is tuned
 from it on first use (``default_folder``). ``asft screen tune`` tunes one on your own labelled rows. Weights are safetensors + JSON, never pickle.
@@ -28,6 +29,7 @@ import numpy as np
 from asft import storage
 from asft.data.screening.base import ScreenResult, request_text
 from asft.data.screening.calibration import calibrate, operating_point, threshold_for_fpr
+from asft.data.screening.prefilter import PREFILTER_WEIGHTS, Prefilter, fit_prefilter
 from asft.data.screening.encoder import BUNDLED_MODEL, BUNDLED_TUNED, HARM_DESCRIPTIONS, EncoderConfig, resolve_model
 from asft.errors import AsftError
 from asft.templates import Record
@@ -49,6 +51,8 @@ class TuneSettings:
     seed: int = 0
     held_out: float = 0.2  # share of the rows that sets the threshold and is never trained on
     target_fpr: float = 0.03
+    prefilter_harmful_share: float = 0.005  # of unseen harmful rows the word prefilter may clear
+    prefilter_c: float = 10.0
 
 
 def shipped_training_set() -> tuple[list[Record], np.ndarray]:
@@ -154,6 +158,17 @@ class RequestClassifier:
         return probs[index], pooled[index]
 
 
+def harm_probabilities(model: RequestClassifier, prefilter: Prefilter | None, texts: list[str], max_tokens: int,
+                       batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Each text's harm probability (0 for a text the prefilter clears) and whether the tuned
+    model scored it."""
+    passed = prefilter.passes(texts) if prefilter else np.ones(len(texts), dtype=bool)
+    probs = np.zeros(len(texts), dtype=np.float32)
+    if passed.any():
+        probs[passed] = model.score([t for t, p in zip(texts, passed) if p], max_tokens, batch_size)[0]
+    return probs, passed
+
+
 def _train_one(texts: list[str], labels: np.ndarray, settings: TuneSettings, seed: int, bar) -> dict[str, Any]:
     import torch
 
@@ -192,8 +207,9 @@ def _soup(states: list[dict[str, Any]]) -> dict[str, Any]:
 
 def tune(records: list[Record], labels: np.ndarray, out: str, settings: TuneSettings = TuneSettings(),
          progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Tune a screener on labelled requests and write it to ``out`` (tuned.safetensors +
-    tuned.json); the threshold is set on the held-out share. Returns tuned.json's content."""
+    """Tune a screener on labelled requests and write it to ``out`` (tuned.safetensors, its word
+    prefilter, tuned.json); the threshold is set on the held-out share, scored through the
+    prefilter. Returns tuned.json's content."""
     from safetensors.torch import save_file
 
     from asft.progress import progress_bar
@@ -217,16 +233,19 @@ def tune(records: list[Record], labels: np.ndarray, out: str, settings: TuneSett
     weights = _soup(states)
     model = RequestClassifier(layers=settings.layers)
     model.load_state(weights)
-    scores, _ = model.score([texts[i] for i in held], settings.max_tokens)
+    prefilter, prefilter_summary = fit_prefilter(texts, labels, fit, held, settings.prefilter_harmful_share,
+                                                 settings.prefilter_c, settings.seed)
+    scores, _ = harm_probabilities(model, prefilter, [texts[i] for i in held], settings.max_tokens)
     benign, harmful = scores[~labels[held]], scores[labels[held]]
     threshold = threshold_for_fpr(benign, settings.target_fpr)
     summary = {"base_model": "all-MiniLM-L6-v2", "layers": settings.layers, "max_tokens": settings.max_tokens, "threshold": threshold,
                "operating_point": operating_point(threshold, benign, harmful, settings.target_fpr,
                                                   f"{held_rows} held-out rows of the training data"),
-               "rows": len(texts), "harmful_rows": int(labels.sum()), "data_sha256": data_digest(texts, labels),
+               "prefilter": prefilter_summary, "rows": len(texts), "harmful_rows": int(labels.sum()), "data_sha256": data_digest(texts, labels),
                "settings": asdict(settings)}
     with storage.staged_dir(out, "tuned-screener") as folder:
         save_file(weights, str(Path(folder) / TUNED_WEIGHTS))
+        prefilter.save(Path(folder))
         (Path(folder) / TUNED_CONFIG).write_text(json.dumps(summary, indent=2) + "\n")
     if progress:
         progress(f"tuned screener written to {out}: recall {summary['operating_point']['recall']:.3f} "
@@ -271,11 +290,17 @@ def is_tuned_folder(uri: str) -> bool:
 
 
 def weights_digest(uri: str) -> str:
-    """sha256 of a tuned screener's weights: part of the pipeline's screening cache key."""
-    return hashlib.sha256((tuned_folder(uri) / TUNED_WEIGHTS).read_bytes()).hexdigest()
+    """sha256 of a tuned screener's weights and its prefilter's: part of the pipeline's screening cache key."""
+    digest = hashlib.sha256()
+    for name in (TUNED_WEIGHTS, PREFILTER_WEIGHTS):
+        if (tuned_folder(uri) / name).exists():
+            digest.update((tuned_folder(uri) / name).read_bytes())
+    return digest.hexdigest()
 
 
-def load_tuned(uri: str, device: str = "cpu", precision: str = "fp32") -> tuple[RequestClassifier, dict[str, Any]]:
+def load_tuned(uri: str, device: str = "cpu", precision: str = "fp32"
+               ) -> tuple[RequestClassifier, Prefilter | None, dict[str, Any]]:
+    """The tuned model, its prefilter (None for a folder tuned before asft had one) and tuned.json."""
     from safetensors.torch import load_file
 
     folder = tuned_folder(uri)
@@ -284,35 +309,39 @@ def load_tuned(uri: str, device: str = "cpu", precision: str = "fp32") -> tuple[
     config = json.loads((folder / TUNED_CONFIG).read_text())
     model = RequestClassifier(device, precision, config.get("layers", 6))
     model.load_state(load_file(str(folder / TUNED_WEIGHTS)))
-    return model, config
+    prefilter = Prefilter.load(folder, config["prefilter"]) if "prefilter" in config else None
+    return model, prefilter, config
 
 
 class TunedScreener:
-    """Screens each user turn of a record with a tuned model; a record scores its worst turn.
-    The reason names the harm description nearest to that turn, for the review page."""
+    """Screens each user turn of a record with a tuned model, behind its word prefilter unless
+    ``encoder.prefilter`` is off; a record scores its worst turn. The reason names the harm
+    description nearest to that turn, for the review page."""
 
     name = "encoder"
 
-    def __init__(self, config: EncoderConfig | None = None, model: RequestClassifier | None = None):
+    def __init__(self, config: EncoderConfig | None = None):
         self.config = config or EncoderConfig()
-        self.model, self.tuned = (model, {}) if model else load_tuned(self.config.tuned_model, self.config.device,
-                                                                                self.config.precision)
+        self.model, prefilter, self.tuned = load_tuned(self.config.tuned_model, self.config.device, self.config.precision)
+        self.prefilter = prefilter if self.config.prefilter else None
         self.max_tokens = self.tuned.get("max_tokens", self.config.max_tokens)
         self.threshold, self.operating_point = self.tuned.get("threshold", 0.5), None
         self.harm_labels = [(c, d) for c, ds in HARM_DESCRIPTIONS.items() for d in ds]
         self.namer = None  # the untuned encoder, loaded at the first flag: tuning bends the space away from topics
+        self.turns = {"screened": 0, "cleared_by_prefilter": 0}
         if self.config.calibration:
             self.threshold, self.operating_point = calibrate(self, self.config.calibration,
                                                              self.config.calibration_labels, self.config.target_fpr)
+            self.turns = {"screened": 0, "cleared_by_prefilter": 0}  # count the data's turns, not the sample's
 
     def describe(self) -> dict[str, Any]:
         info = {"name": self.name, "mode": "tuned", "tuned_model": self.config.tuned_model,
                 "threshold": round(self.threshold, 6), "max_tokens": self.max_tokens,
                 "precision": "bf16" if self.model.bf16 else "fp32",
-                **self.config.model_dump(include={"target_fpr", "calibration", "batch_size", "device"})}
-        if self.tuned:
-            info.update(trained_rows=self.tuned["rows"], data_sha256=self.tuned["data_sha256"],
-                        shipped_operating_point=self.tuned["operating_point"])
+                "prefilter": {**self.tuned["prefilter"], "turns": self.turns} if self.prefilter else None,
+                **self.config.model_dump(include={"target_fpr", "calibration", "batch_size", "device"}),
+                "trained_rows": self.tuned["rows"], "data_sha256": self.tuned["data_sha256"],
+                "shipped_operating_point": self.tuned["operating_point"]}
         if self.operating_point:
             info["operating_point"] = self.operating_point
         return info
@@ -332,7 +361,9 @@ class TunedScreener:
     def score(self, records: list[Record]) -> list[ScreenResult]:
         turns = [record.user_turns() for record in records]
         flat = [t for ts in turns for t in ts]
-        probs, _ = self.model.score(flat, self.max_tokens, self.config.batch_size)
+        probs, passed = harm_probabilities(self.model, self.prefilter, flat, self.max_tokens, self.config.batch_size)
+        self.turns["screened"] += len(flat)
+        self.turns["cleared_by_prefilter"] += int((~passed).sum())
         starts = np.cumsum([0] + [len(ts) for ts in turns[:-1]])
         worst = [int(start + np.argmax(probs[start:start + len(ts)])) for start, ts in zip(starts, turns)]
         flagged = [bool(probs[w] > self.threshold) for w in worst]
@@ -340,7 +371,8 @@ class TunedScreener:
         results = []
         for start, record_turns, w, flag in zip(starts, turns, worst, flagged):
             where = "request" if len(record_turns) == 1 else f"user turn {w - start + 1}"
-            category, description = next(named) if flag else ("none", "below the threshold")
+            category, description = (next(named) if flag else ("none", "below the threshold") if passed[w]
+                                     else ("none", "cleared by the word prefilter"))
             reason = f'encoder:{category}:"{description}" ({where} p={probs[w]:.3f})'
             results.append(ScreenResult(flag, float(probs[w]), (reason,)))
         return results
