@@ -226,6 +226,9 @@ def tune(records: list[Record], labels: np.ndarray, out: str, settings: TuneSett
     if min(labels[held].sum(), (~labels[held]).sum()) < 5:
         raise AsftError(f"the {held_rows} held-out rows drawn with seed {settings.seed} have fewer than 5 harmful or benign "
                         "rows to set the threshold on; give more labelled rows of the rarer kind, or another --seed")
+    if min(labels[fit].sum(), (~labels[fit]).sum()) < 2:
+        raise AsftError(f"the {len(fit)} rows left to train on (seed {settings.seed}) have fewer than 2 harmful or benign rows; "
+                        "give more labelled rows of the rarer kind, or another --seed")
     fit_texts = [texts[i] for i in fit]
     bar = progress_bar(settings.soup * settings.epochs * -(-len(fit) // settings.batch_size), "tune screener", unit="steps")
     states = [_train_one(fit_texts, labels[fit], settings, settings.seed + k, bar) for k in range(settings.soup)]
