@@ -114,7 +114,7 @@ def tune(
     target_fpr: float = typer.Option(0.03, "--target-fpr", min=0.001, max=0.5, help="Share of held-out benign rows the threshold flags"),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Fine-tune all-MiniLM-L6-v2 as the encoder screener (about 10 min on two CPU cores for the
+    """Fine-tune all-MiniLM-L6-v2 as the encoder screener (about 19 min on two CPU cores for the
     shipped set); use it with --screener-model OUT. A fifth of the rows sets the threshold."""
     from asft.data.screening.tuned import TuneSettings, shipped_training_set
     from asft.data.screening.tuned import tune as tune_screener
@@ -122,17 +122,17 @@ def tune(
     if (data is None) != (labels is None):
         raise AsftError("asft screen tune: give --data and --labels together (or neither, for the shipped training set)")
     if data is None:
-        records, truth = shipped_training_set()
+        records, truth, kinds = shipped_training_set()
     else:
         from asft.data.ingest import IngestConfig, ingest
         from asft.data.report import load_labels
 
         ingested = ingest(data, IngestConfig(require_output=False))
         found = load_labels(labels, ingested)
-        records, truth = [r.record for r in ingested.rows], [found[r.row_index] for r in ingested.rows]
+        records, truth, kinds = [r.record for r in ingested.rows], [found[r.row_index] for r in ingested.rows], None
         if ingested.rejects:
             progress(f"{data}: {len(ingested.rejects)} rows could not be read and are not used")
     progress(f"tuning a screener on {len(records)} rows ({int(sum(truth))} harmful)")
     settings = TuneSettings(layers=layers, epochs=epochs, soup=soup, seed=seed, target_fpr=target_fpr)
-    summary = tune_screener(records, truth, out, settings, progress=progress)
+    summary = tune_screener(records, truth, out, settings, progress=progress, kinds=kinds)
     emit({"out": out, **{k: summary[k] for k in ("rows", "harmful_rows", "threshold", "operating_point")}}, as_json)

@@ -36,6 +36,18 @@ def test_ties_never_exceed_the_target():
     assert (scores > threshold).mean() <= 0.03
 
 
+def test_weights_hold_the_target_on_an_even_mix_of_kinds():
+    rng = np.random.default_rng(1)
+    easy, hard = rng.normal(-2, 1, 900), rng.normal(0, 1, 100)  # many easy rows would let the few hard ones all through
+    scores = np.r_[easy, hard]
+    weights = np.r_[np.full(900, 1 / 900), np.full(100, 1 / 100)]  # each kind half of the weight
+    threshold = threshold_for_fpr(scores, 0.03, weights)
+    even_mix = ((easy > threshold).mean() + (hard > threshold).mean()) / 2
+    assert 0.025 < even_mix <= 0.03  # as close to the target as rows of weight 1/200 and 1/1800 allow
+    assert (hard > threshold).mean() <= 0.06 < (hard > threshold_for_fpr(scores, 0.03)).mean()
+    assert threshold_for_fpr(scores, 0.03, np.full(1000, 7.0)) == threshold_for_fpr(scores, 0.03)
+
+
 @pytest.mark.slow
 def test_encoder_calibrates_on_the_users_labelled_sample(tmp_path, embedder):
     from asft.data.screening.encoder import EncoderConfig, EncoderScreener

@@ -13,7 +13,7 @@ from asft.data.screening.base import request_text
 def split():
     from asft.data.screening.tuned import TuneSettings, shipped_training_set
 
-    records, labels = shipped_training_set()
+    records, labels, _ = shipped_training_set()
     order = np.random.default_rng(0).permutation(len(records))
     held = int(len(records) * TuneSettings().held_out)
     return [request_text(r) for r in records], labels, order[held:], order[:held]

@@ -28,10 +28,21 @@ def shipped():
 def test_the_shipped_model_was_tuned_on_the_shipped_data():
     from asft.data.screening.tuned import data_digest, default_folder, shipped_training_set
 
-    records, labels = shipped_training_set()
+    records, labels, _ = shipped_training_set()
     tuned = json.loads((default_folder() / "tuned.json").read_text())
     assert (tuned["rows"], tuned["harmful_rows"]) == (len(records), int(labels.sum()))
     assert tuned["data_sha256"] == data_digest([request_text(r) for r in records], labels)
+
+
+def test_every_shipped_benign_row_is_of_one_of_three_kinds():
+    from collections import Counter
+
+    from asft.data.screening.tuned import shipped_training_set
+
+    _, labels, kinds = shipped_training_set()
+    assert set(kinds[labels]) == {"harmful"}
+    counts = Counter(kinds[~labels])
+    assert set(counts) == {"general", "task", "tricky"} and min(counts.values()) >= 300  # each kind can set a threshold
 
 
 @pytest.mark.slow
@@ -40,14 +51,16 @@ def test_the_shipped_threshold_reproduces_its_held_out_operating_point():
     from asft.data.screening.tuned import TunedScreener, shipped_training_set
 
     shipped = TunedScreener(EncoderConfig(precision="fp32"))  # the threshold was set in fp32
-    records, labels = shipped_training_set()
+    records, labels, kinds = shipped_training_set()
     settings = shipped.tuned["settings"]
     held = np.random.default_rng(settings["seed"]).permutation(len(records))[:int(len(records) * settings["held_out"])]
     scores = np.array([r.score for r in shipped.score([records[i] for i in held])])
-    benign, harmful = scores[~labels[held]], scores[labels[held]]
+    benign, harmful, benign_kinds = scores[~labels[held]], scores[labels[held]], kinds[held][~labels[held]]
     point = shipped.tuned["operating_point"]
-    assert point["fpr"] <= settings["target_fpr"]
-    assert (benign > shipped.threshold).mean() == pytest.approx(point["fpr"], abs=5e-5)  # the point is rounded to 4 places
+    by_kind = {k: (benign[benign_kinds == k] > shipped.threshold).mean() for k in ("general", "task", "tricky")}
+    assert by_kind == pytest.approx(point["fpr_by_kind"], abs=5e-5)  # the point is rounded to 4 places
+    assert np.mean(list(by_kind.values())) <= settings["target_fpr"]  # the target holds on an even mix of the kinds
+    assert (benign > shipped.threshold).mean() == pytest.approx(point["fpr"], abs=5e-5)
     assert (harmful > shipped.threshold).mean() == pytest.approx(point["recall"], abs=5e-5)
     assert point["recall"] >= 0.85  # the figure the model was chosen on; a worse retrain must not ship silently
 
@@ -100,7 +113,7 @@ def test_tune_writes_safetensors_with_a_held_out_threshold(tmp_path):
     from asft.data.screening.tuned import (TunedScreener, TuneSettings, is_tuned_folder, load_tuned,
                                            shipped_training_set, tune, weights_digest)
 
-    everything, truth = shipped_training_set()
+    everything, truth, _ = shipped_training_set()
     rows = np.r_[np.flatnonzero(~truth)[:40], np.flatnonzero(truth)[:40]]
     records, labels = [everything[i] for i in rows], truth[rows]
     settings = TuneSettings(layers=2, epochs=1, soup=2, batch_size=16, held_out=0.3)
@@ -110,6 +123,7 @@ def test_tune_writes_safetensors_with_a_held_out_threshold(tmp_path):
     assert is_tuned_folder(str(tmp_path / "tuned")) and not is_tuned_folder("sentence-transformers/all-MiniLM-L6-v2")
     model, prefilter, config = load_tuned(str(tmp_path / "tuned"))
     assert config == summary and summary["operating_point"]["fpr"] <= 0.03
+    assert summary["operating_point"]["fpr_by_kind"] == {"all": summary["operating_point"]["fpr"]}  # no kinds given: one pool
     assert prefilter.clear_below == summary["prefilter"]["clear_below"]
     assert config["layers"] == len(model.encoder.encoder.layer) == 2  # loaded with the layers it was tuned with
     screener = TunedScreener(EncoderConfig(tuned_model=str(tmp_path / "tuned")))
@@ -129,7 +143,7 @@ import sys
 import numpy as np
 from pathlib import Path
 from asft.data.screening.tuned import TuneSettings, built_once, shipped_training_set
-everything, truth = shipped_training_set()
+everything, truth, _ = shipped_training_set()
 rows = np.r_[np.flatnonzero(~truth)[:20], np.flatnonzero(truth)[:20]]
 settings = TuneSettings(epochs=1, soup=1, batch_size=16, held_out=0.5)
 print(built_once(Path(sys.argv[1]), [everything[i] for i in rows], truth[rows], settings, print))

@@ -4,7 +4,6 @@ learn from (the user's own labelled sample, or the shipped set's out-of-fold sco
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -12,11 +11,15 @@ import numpy as np
 from asft.statistics import wilson_interval
 
 
-def threshold_for_fpr(benign_scores: np.ndarray, target_fpr: float) -> float:
+def threshold_for_fpr(benign_scores: np.ndarray, target_fpr: float, weights: np.ndarray | None = None) -> float:
     """The smallest threshold ``t`` such that at most ``target_fpr`` of the benign rows score
-    above it (a row is flagged when its score > t)."""
-    scores = np.sort(np.asarray(benign_scores, dtype=np.float64))[::-1]
-    allowed = int(math.floor(target_fpr * len(scores) + 1e-9))
+    above it (a row is flagged when its score > t); with ``weights``, at most that share of
+    their weight."""
+    order = np.argsort(-np.asarray(benign_scores, dtype=np.float64), kind="stable")
+    scores = np.asarray(benign_scores, dtype=np.float64)[order]
+    weight = np.ones(len(scores)) if weights is None else np.asarray(weights, dtype=np.float64)[order]
+    flagged_share = np.cumsum(weight) / weight.sum()  # of the benign weight, when the top k + 1 rows are flagged
+    allowed = int(np.searchsorted(flagged_share, target_fpr + 1e-9, side="right"))
     return float(scores[min(allowed, len(scores) - 1)])
 
 

@@ -7,7 +7,9 @@ transformer layers (token embeddings stay frozen: the vocabulary is not what cha
 linear head on the mean-pooled embedding does. Single runs vary with the seed, so the recipe
 averages the weights of a few seeds ("model soup": they share the pretrained start, so their
 average is a model too). The threshold is set at the target FPR on a fifth of the labelled rows
-that no seed trained on, with the weights as shipped (fp16). A word n-gram prefilter
+that no seed trained on, with the weights as shipped (fp16), each kind of benign row (general,
+task, tricky) weighing the same: 520 easy task rows once pulled a pooled threshold from 0.54 to
+0.38 and doubled the FPR on general data. A word n-gram prefilter
 (``prefilter.py``), fitted on the same rows, clears the plainly benign turns first.
 
 Training data: ``head_data`` (written for asft, provenance in its README); the default is tuned
@@ -55,16 +57,24 @@ class TuneSettings:
     prefilter_c: float = 10.0
 
 
-def shipped_training_set() -> tuple[list[Record], np.ndarray]:
-    """head_data's requests (every ``benign*.jsonl`` then every ``harmful*.jsonl``) and labels."""
-    records, labels = [], []
+def benign_kind(category: str) -> str:
+    """Which of the three kinds of benign data a head_data category is: the threshold holds its
+    FPR on an even mix of them, so writing more rows of one kind does not move it."""
+    return {"task_material": "task", "tricky": "tricky"}.get(category, "general")
+
+
+def shipped_training_set() -> tuple[list[Record], np.ndarray, np.ndarray]:
+    """head_data's requests (every ``benign*.jsonl`` then every ``harmful*.jsonl``), labels and
+    each row's kind (``benign_kind`` of its category; ``harmful`` for a harmful row)."""
+    records, labels, kinds = [], [], []
     for harmful in (False, True):
         for path in sorted(HEAD_DATA.glob(f"{'harmful' if harmful else 'benign'}*.jsonl")):
             for line in path.read_text(encoding="utf-8").splitlines():
                 row = json.loads(line)
                 records.append(Record(row["instruction"], row["input"]))
                 labels.append(harmful)
-    return records, np.array(labels)
+                kinds.append("harmful" if harmful else benign_kind(row["category"]))
+    return records, np.array(labels), np.array(kinds)
 
 
 def data_digest(texts: list[str], labels: np.ndarray) -> str:
@@ -206,10 +216,11 @@ def _soup(states: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def tune(records: list[Record], labels: np.ndarray, out: str, settings: TuneSettings = TuneSettings(),
-         progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+         progress: Callable[[str], None] | None = None, kinds: np.ndarray | None = None) -> dict[str, Any]:
     """Tune a screener on labelled requests and write it to ``out`` (tuned.safetensors, its word
     prefilter, tuned.json); the threshold is set on the held-out share, scored through the
-    prefilter. Returns tuned.json's content."""
+    prefilter, with each kind of benign row (``kinds``, when given) weighted evenly. Returns
+    tuned.json's content."""
     from safetensors.torch import save_file
 
     from asft.progress import progress_bar
@@ -239,12 +250,10 @@ def tune(records: list[Record], labels: np.ndarray, out: str, settings: TuneSett
     prefilter, prefilter_summary = fit_prefilter(texts, labels, fit, held, settings.prefilter_harmful_share,
                                                  settings.prefilter_c, settings.seed)
     scores, _ = harm_probabilities(model, prefilter, [texts[i] for i in held], settings.max_tokens)
-    benign, harmful = scores[~labels[held]], scores[labels[held]]
-    threshold = threshold_for_fpr(benign, settings.target_fpr)
+    benign_kinds = np.asarray(kinds)[held][~labels[held]] if kinds is not None else None
+    threshold, point = held_out_threshold(scores[~labels[held]], scores[labels[held]], benign_kinds, settings.target_fpr)
     summary = {"base_model": "all-MiniLM-L6-v2", "layers": settings.layers, "max_tokens": settings.max_tokens, "threshold": threshold,
-               "operating_point": operating_point(threshold, benign, harmful, settings.target_fpr,
-                                                  f"{held_rows} held-out rows of the training data"),
-               "prefilter": prefilter_summary, "rows": len(texts), "harmful_rows": int(labels.sum()), "data_sha256": data_digest(texts, labels),
+               "operating_point": point, "prefilter": prefilter_summary, "rows": len(texts), "harmful_rows": int(labels.sum()), "data_sha256": data_digest(texts, labels),
                "settings": asdict(settings)}
     with storage.staged_dir(out, "tuned-screener") as folder:
         save_file(weights, str(Path(folder) / TUNED_WEIGHTS))
@@ -256,29 +265,45 @@ def tune(records: list[Record], labels: np.ndarray, out: str, settings: TuneSett
     return summary
 
 
+def held_out_threshold(benign: np.ndarray, harmful: np.ndarray, benign_kinds: np.ndarray | None,
+                       target_fpr: float) -> tuple[float, dict[str, Any]]:
+    """The threshold at ``target_fpr`` on the held-out benign scores, every kind weighing the same,
+    and its operating point with the FPR of each kind."""
+    kinds = np.full(len(benign), "all") if benign_kinds is None else benign_kinds
+    _, index, counts = np.unique(kinds, return_inverse=True, return_counts=True)
+    threshold = threshold_for_fpr(benign, target_fpr, 1.0 / counts[index])
+    where = f"{len(benign) + len(harmful)} held-out rows of the training data"
+    if benign_kinds is not None:
+        where += f", benign kinds weighted evenly ({', '.join(sorted(set(kinds)))})"
+    point = operating_point(threshold, benign, harmful, target_fpr, where)
+    point["fpr_by_kind"] = {k: round(float((benign[kinds == k] > threshold).mean()), 4) for k in sorted(set(kinds))}
+    return threshold, point
+
+
 def built_once(root: Path, records: list[Record], labels: np.ndarray, settings: TuneSettings,
-               progress: Callable[[str], None]) -> Path:
+               progress: Callable[[str], None], kinds: np.ndarray | None = None) -> Path:
     """The screener tuned from these rows with these settings, in ``root/<recipe hash>``: the first
     process to ask tunes it, the others wait and reuse it."""
     import torch
 
-    recipe = json.dumps([data_digest([request_text(r) for r in records], labels), asdict(settings), torch.__version__])
+    recipe = json.dumps([data_digest([request_text(r) for r in records], labels), asdict(settings), torch.__version__]
+                        + ([hashlib.sha256("\n".join(kinds).encode()).hexdigest()] if kinds is not None else []))
     folder = root / hashlib.sha256(recipe.encode()).hexdigest()[:16]
     with storage.build_lock(folder):
         if not (folder / TUNED_CONFIG).exists():
             progress(f"the default screener is not built on this machine yet: tuning it on head_data into {folder} "
-                     "(about 10 min on two CPU cores, once)")
-            tune(records, labels, str(folder), settings, progress)
+                     "(about 19 min on two CPU cores, once)")
+            tune(records, labels, str(folder), settings, progress, kinds)
     return folder
 
 
 def default_folder(progress: Callable[[str], None] | None = None) -> Path:
     """The default screener, tuned from head_data on first use (once per machine) into
     ASFT_SCREENER_CACHE (default: asft's cache); 21 MB of weights are not shipped."""
-    records, labels = shipped_training_set()
+    records, labels, kinds = shipped_training_set()
     root = Path(os.environ.get("ASFT_SCREENER_CACHE", storage.cache_root() / "tuned-screener"))
     return built_once(root, records, labels, TuneSettings(),
-                      progress or (lambda message: print(message, file=sys.stderr, flush=True)))
+                      progress or (lambda message: print(message, file=sys.stderr, flush=True)), kinds)
 
 
 def tuned_folder(uri: str) -> Path:
