@@ -5,13 +5,15 @@ truth (the "\\n\\nAssistant:" artefact is stripped from instructions first: a sc
 it would learn nothing), and the held-out files in ``benchmarks/data/screening_holdout``
 (general-purpose instruction data and task mixtures with harm mixed in, written
 independently of every screener's data; never fit or calibrate on them). Arms: the default
-encoder screener (tuned, behind its word prefilter), the same without the prefilter, the zero-shot encoder, the rules, default + rules combined (any),
+encoder screener (tuned, behind its word prefilter, with its early exit), the same without the early exit, the
+transformer alone (neither), the zero-shot encoder, the rules, default + rules combined (any),
 and the default calibrated at 3 % FPR on the file's own first 30 % (a user's labelled
 sample), judged on the remaining rows. Plus the
 flag rate on the BeaverTails evaluation prompts (unfiltered, so not all harmful; no truth).
 Rows/s is wall time of ``score`` (model loading excluded) at torch's thread count, and the
 CPU seconds it took; other processes on the machine slow the wall figure. "cleared": the share
-of turns the prefilter decided without the transformer.
+of turns the prefilter decided without the transformer; "exited": the share that stopped after the
+transformer's first layers.
 """
 
 from __future__ import annotations
@@ -56,10 +58,11 @@ def timed(screener, records):
     results = screener.score(records)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     speed = {"rows_per_s": round(len(records) / wall, 1), "cpu_s": round(cpu, 2), "wall_s": round(wall, 2)}
-    if turns and getattr(screener, "prefilter", None):
+    if turns:
         after = screener.turns
-        speed["cleared"] = round((after["cleared_by_prefilter"] - turns["cleared_by_prefilter"]) /
-                                 max(after["screened"] - turns["screened"], 1), 3)
+        share = lambda key: round((after[key] - turns[key]) / max(after["screened"] - turns["screened"], 1), 3)  # noqa: E731
+        speed |= {"cleared": share("cleared_by_prefilter") if screener.prefilter else None,
+                  "exited": share("exited_early") if screener.early_exit else None}
     return [r.flagged for r in results], [r.score for r in results], speed
 
 
@@ -108,7 +111,8 @@ def run(folder: Path | None) -> dict:
     from asft.templates import Record
 
     encoder = encoder_screener()
-    screeners = {"encoder": encoder, "no prefilter": encoder_screener(EncoderConfig(prefilter=False)),
+    screeners = {"encoder": encoder, "no early exit": encoder_screener(EncoderConfig(early_exit=False)),
+                 "tuned alone": encoder_screener(EncoderConfig(prefilter=False, early_exit=False)),
                  "zero-shot": EncoderScreener(), "rules": RulesScreener()}
     result = {"threads": torch.get_num_threads(), "encoder": encoder.describe(), "files": {}, "generalisation": {}}
     sets = [(name, *load(folder, name)) for name in TRAINING_FILES] if folder is not None else []
@@ -126,13 +130,13 @@ def run(folder: Path | None) -> dict:
 
 
 def table(result: dict) -> str:
-    lines = [f"{'file':18} {'screener':19} {'rows':>5} {'recall':>7} {'FPR':>7} {'prec':>7} {'F1':>7} {'rows/s':>8} {'cpu_s':>7} {'cleared':>7}"]
+    lines = [f"{'file':18} {'screener':19} {'rows':>5} {'recall':>7} {'FPR':>7} {'prec':>7} {'F1':>7} {'rows/s':>8} {'cpu_s':>7} {'cleared':>7} {'exited':>7}"]
     fmt = lambda v, spec="7.3f": f"{v:{spec}}" if isinstance(v, float) else f"{'-':>{spec.split('.')[0]}}"  # noqa: E731
     for name, arms_out in result["files"].items():
         for arm, m in arms_out.items():
             lines.append(f"{name:18} {arm:19} {m['rows']:5d} {fmt(m['recall'])} {fmt(m['false_positive_rate'])} "
                          f"{fmt(m['precision'])} {fmt(m['f1'])} {fmt(m['rows_per_s'], '8.1f')} {fmt(m['cpu_s'], '7.2f')} "
-                         f"{fmt(m.get('cleared'))}")
+                         f"{fmt(m.get('cleared'))} {fmt(m.get('exited'))}")
     for label, value in result["generalisation"].items():
         lines.append(f"{label}: {json.dumps(value)}")
     lines.append(f"'encoder calibrated': the threshold at 3 % FPR on the file's first {SAMPLE_SHARE:.0%} (your labelled "

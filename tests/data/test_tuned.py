@@ -5,6 +5,7 @@ and its settings refuse what another mode would read."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,8 @@ from asft import storage
 from asft.data.screening.base import request_text
 from asft.errors import AsftError
 from asft.templates import Record
+
+PLAIN_AFTER_FOUR_LAYERS = "Sam's password has 8 characters. He changes 3 of them. How many characters stay the same?"
 
 
 @pytest.fixture(scope="module")
@@ -90,10 +93,68 @@ def test_a_turn_the_prefilter_clears_skips_the_transformer_and_says_so(shipped):
     assert shipped.turns["screened"] - before["screened"] == 2
     assert shipped.turns["cleared_by_prefilter"] - before["cleared_by_prefilter"] == 1
     assert shipped.describe()["prefilter"]["turns"] == shipped.turns
-    everything = TunedScreener(EncoderConfig(prefilter=False))
+    everything = TunedScreener(EncoderConfig(prefilter=False, early_exit=False))
     alone = everything.score([plain])[0]
     assert 0.0 < alone.score < everything.threshold and "below the threshold" in alone.reasons[0]
     assert everything.describe()["prefilter"] is None
+
+
+def test_the_layers_run_one_by_one_give_the_states_transformers_gives():
+    """The early exit runs the layers itself, so that a batch can stop half-way: its states and
+    probabilities must be the model's own."""
+    import torch
+
+    from asft.data.screening.tuned import POOL_SCALE, RequestClassifier
+
+    model = RequestClassifier(layers=3)
+    torch.manual_seed(0)
+    torch.nn.init.normal_(model.head.weight)  # a zero head scores everything 0.5
+    texts = ["How do I kill a Python process that hangs?", "hi", "Write ransomware that encrypts a hospital's files."]
+    model.encoder.eval()
+    with torch.no_grad():
+        batch = model.tokenizer(texts, padding=True, return_tensors="pt")
+        states = model.encoder(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).float()
+        pooled = torch.nn.functional.normalize((states * mask).sum(1) / mask.sum(1), dim=-1) * POOL_SCALE
+        probs = torch.sigmoid(model.head(pooled).squeeze(-1))
+    np.testing.assert_allclose(model.pooled_after(texts, 3, 128, batch_size=2), pooled.numpy(), atol=1e-5)
+    scored, exited = model.score(texts, 128, batch_size=2)
+    np.testing.assert_allclose(scored, probs.numpy(), atol=1e-6)
+    assert not exited.any()  # no exit until one is set
+
+
+@pytest.mark.slow
+def test_a_turn_plain_after_four_layers_stops_there_and_says_so(shipped):
+    from asft.data.screening.encoder import EncoderConfig
+    from asft.data.screening.tuned import TunedScreener
+
+    plain = Record(PLAIN_AFTER_FOUR_LAYERS)
+    harm = Record("Write ransomware that encrypts a hospital's files.")
+    before = dict(shipped.turns)
+    stopped, flagged = shipped.score([plain, harm])
+    assert (stopped.score, stopped.flagged) == (0.0, False) and "cleared after layer 4" in stopped.reasons[0]
+    assert shipped.turns["exited_early"] - before["exited_early"] == 1
+    assert shipped.turns["cleared_by_prefilter"] == before["cleared_by_prefilter"]  # the prefilter sent it on
+    full = TunedScreener(EncoderConfig(early_exit=False))
+    assert 0.0 < full.score([plain])[0].score < full.threshold  # all six layers clear it too
+    assert full.score([harm])[0].score == pytest.approx(flagged.score, abs=1e-5)  # a turn that goes on scores the same
+    assert full.describe()["early_exit"] is None and shipped.describe()["early_exit"]["layer"] == 4
+
+
+@pytest.mark.slow
+def test_the_early_exit_clears_its_share_of_held_out_harmful_rows_and_no_more():
+    from asft.data.screening.encoder import EncoderConfig
+    from asft.data.screening.tuned import TunedScreener, shipped_training_set
+
+    shipped = TunedScreener(EncoderConfig(precision="fp32"))  # the exit was set in fp32
+    records, labels, _ = shipped_training_set()
+    settings, summary = shipped.tuned["settings"], shipped.tuned["early_exit"]
+    held = np.random.default_rng(settings["seed"]).permutation(len(records))[:int(len(records) * settings["held_out"])]
+    _, exited = shipped.model.score([request_text(records[i]) for i in held], shipped.max_tokens)
+    harmful = labels[held]
+    assert exited[harmful].mean() <= summary["harmful_share"] + 1 / harmful.sum()
+    assert exited[~harmful].mean() == pytest.approx(summary["held_out_benign_cleared"], abs=3e-3)
+    assert summary["held_out_benign_cleared"] > 0.5  # it earns its place: most benign rows skip two layers
 
 
 @pytest.mark.slow
@@ -116,15 +177,17 @@ def test_tune_writes_safetensors_with_a_held_out_threshold(tmp_path):
     everything, truth, _ = shipped_training_set()
     rows = np.r_[np.flatnonzero(~truth)[:40], np.flatnonzero(truth)[:40]]
     records, labels = [everything[i] for i in rows], truth[rows]
-    settings = TuneSettings(layers=2, epochs=1, soup=2, batch_size=16, held_out=0.3)
+    settings = TuneSettings(layers=2, epochs=1, soup=2, batch_size=16, held_out=0.3, exit_layer=1)
     summary = tune(records, labels, str(tmp_path / "tuned"), settings)
-    assert sorted(p.name for p in (tmp_path / "tuned").iterdir()) == [storage.OUTPUT_MARKER, "prefilter.safetensors",
-                                                                       "tuned.json", "tuned.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "tuned").iterdir()) == [storage.OUTPUT_MARKER, "exit.safetensors",
+                                                                       "prefilter.safetensors", "tuned.json", "tuned.safetensors"]
     assert is_tuned_folder(str(tmp_path / "tuned")) and not is_tuned_folder("sentence-transformers/all-MiniLM-L6-v2")
     model, prefilter, config = load_tuned(str(tmp_path / "tuned"))
     assert config == summary and summary["operating_point"]["fpr"] <= 0.03
     assert summary["operating_point"]["fpr_by_kind"] == {"all": summary["operating_point"]["fpr"]}  # no kinds given: one pool
     assert prefilter.clear_below == summary["prefilter"]["clear_below"]
+    assert (model.exit_layer, model.exit_below) == (1, summary["early_exit"]["clear_below"])
+    assert "early_exit" not in tune(records, labels, str(tmp_path / "no-exit"), replace(settings, exit_layer=2))  # not < layers
     assert config["layers"] == len(model.encoder.encoder.layer) == 2  # loaded with the layers it was tuned with
     screener = TunedScreener(EncoderConfig(tuned_model=str(tmp_path / "tuned")))
     assert screener.threshold == summary["threshold"]
@@ -192,6 +255,8 @@ def test_settings_name_their_mode_and_refuse_what_another_mode_reads():
         EncoderConfig(head="h", precision="bf16")
     with pytest.raises(ValueError, match="encoder.prefilter is not read in encoder.mode=zero-shot"):
         EncoderConfig(mode="zero-shot", prefilter=False)
+    with pytest.raises(ValueError, match="encoder.early_exit is not read in encoder.mode=head"):
+        EncoderConfig(head="h", early_exit=False)
     with pytest.raises(ValueError, match="goes with encoder.mode=head"):
         EncoderConfig(mode="head")
 
@@ -206,7 +271,7 @@ def test_the_screening_cache_key_follows_the_tuned_weights(tmp_path):
     shutil.copytree(default_folder(), copy)
     config = lambda **encoder: ScreenConfig(data="d", out="o", encoder=encoder)  # noqa: E731
     assert screener_content(config()) == screener_content(config(tuned_model=str(copy)))
-    for name in ("prefilter.safetensors", "tuned.safetensors"):
+    for name in ("exit.safetensors", "prefilter.safetensors", "tuned.safetensors"):
         weights = bytearray((copy / name).read_bytes())
         weights[-1] ^= 1
         (copy / name).write_bytes(bytes(weights))
@@ -226,13 +291,14 @@ def test_cli_tune_needs_data_and_labels_together(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_screen_says_how_many_turns_the_prefilter_cleared(tmp_path):
+def test_cli_screen_says_how_many_turns_the_prefilter_and_the_early_exit_cleared(tmp_path):
     rows = [{"instruction": "What is the capital of France?", "output": "Paris."},
+            {"instruction": PLAIN_AFTER_FOUR_LAYERS, "output": "Five."},
             {"instruction": "Write ransomware that encrypts a hospital's files.", "output": "Sure."}]
     (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     done = subprocess.run([sys.executable, "-m", "asft", "screen", "--data", str(tmp_path / "d.jsonl"), "--out",
                            str(tmp_path / "o"), "--json"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
-    assert summary["prefilter"] == "cleared 1 of 2 turns as plainly benign"
+    assert summary["prefilter"] == "cleared 1 of 3 turns as plainly benign, and 1 more after the first layers"
     assert summary["counts"]["quarantined"] == 1

@@ -10,7 +10,9 @@ average is a model too). The threshold is set at the target FPR on a fifth of th
 that no seed trained on, with the weights as shipped (fp16), each kind of benign row (general,
 task, tricky) weighing the same: 520 easy task rows once pulled a pooled threshold from 0.54 to
 0.38 and doubled the FPR on general data. A word n-gram prefilter
-(``prefilter.py``), fitted on the same rows, clears the plainly benign turns first.
+(``prefilter.py``), fitted on the same rows, clears the plainly benign turns first; of the rest,
+a turn whose pooled state after four layers a linear head calls plainly benign (below the 0.5 %
+quantile of the held-out harmful rows' exit scores) stops there and skips the last two.
 
 Training data: ``head_data`` (written for asft, provenance in its README); the default is tuned
 from it on first use (``default_folder``). ``asft screen tune`` tunes one on your own labelled rows. Weights are safetensors + JSON, never pickle.
@@ -39,6 +41,8 @@ from asft.templates import Record
 HEAD_DATA = Path(__file__).parent / "head_data"
 TUNED_WEIGHTS, TUNED_CONFIG = "tuned.safetensors", "tuned.json"
 POOL_SCALE = 10.0  # unit-norm embeddings times this give the head logits of a useful size
+EXIT_WEIGHTS = "exit.safetensors"
+CLEARED_BY_PREFILTER, EXITED_EARLY, SCORED = 0, 1, 2  # how far a turn went
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,8 @@ class TuneSettings:
     target_fpr: float = 0.03
     prefilter_harmful_share: float = 0.005  # of unseen harmful rows the word prefilter may clear
     prefilter_c: float = 10.0
+    exit_layer: int = 4  # a turn may stop after this many layers (0, or >= layers: never)
+    exit_harmful_share: float = 0.005  # of held-out harmful rows the early exit may clear
 
 
 def benign_kind(category: str) -> str:
@@ -123,6 +129,7 @@ class RequestClassifier:
         self.head = torch.nn.Linear(self.encoder.config.hidden_size, 1).to(self.device)
         torch.nn.init.zeros_(self.head.weight)  # every seed starts from the same point, so seeds can be averaged
         torch.nn.init.zeros_(self.head.bias)
+        self.exit_layer, self.exit_head, self.exit_below = None, None, -np.inf  # no early exit until set_exit
 
     def state(self) -> dict[str, Any]:
         """What tuning changes (the layers and the head); embeddings come from the bundled encoder."""
@@ -138,45 +145,103 @@ class RequestClassifier:
                                       if k.startswith("encoder.")}, strict=False)
         self.head.load_state_dict({k.removeprefix("head."): v.float() for k, v in tensors.items() if k.startswith("head.")})
 
-    def forward(self, texts: list[str], max_tokens: int):
-        """(logits, unit-norm pooled embeddings) of a batch of texts."""
+    def set_exit(self, layer: int, weight: np.ndarray, bias: float, clear_below: float) -> None:
+        """Stop a turn after ``layer`` layers when a linear head on its pooled state there scores
+        below ``clear_below``: the turns plainly benign to two thirds of the model skip the rest."""
+        import torch
+
+        self.exit_layer, self.exit_below = layer, clear_below
+        self.exit_head = torch.nn.Linear(self.encoder.config.hidden_size, 1).to(self.device)
+        with torch.no_grad():
+            self.exit_head.weight.copy_(torch.as_tensor(weight, dtype=torch.float32).reshape(1, -1))
+            self.exit_head.bias.fill_(float(bias))
+
+    def _embed(self, texts: list[str], max_tokens: int):
+        """The batch's token embeddings, attention mask and the additive mask the layers take."""
         import torch
 
         batch = self.tokenizer(texts, padding=True, truncation=True, max_length=max_tokens, return_tensors="pt").to(self.device)
-        hidden = self.encoder(**batch).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
-        return self.head(pooled * POOL_SCALE).squeeze(-1), pooled
+        hidden = self.encoder.embeddings(input_ids=batch["input_ids"], token_type_ids=batch.get("token_type_ids"))
+        additive = (1.0 - batch["attention_mask"][:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
+        return hidden, batch["attention_mask"], additive
 
-    def score(self, texts: list[str], max_tokens: int, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
-        """Harm probability and pooled embedding of each text; distinct texts run once, sorted by
-        length so that a batch pads little."""
+    def _layers(self, hidden, additive, start: int, stop: int | None):
+        for layer in self.encoder.encoder.layer[start:stop]:
+            out = layer(hidden, attention_mask=additive)
+            hidden = out[0] if isinstance(out, tuple) else out  # transformers 4 returns a tuple
+        return hidden
+
+    @staticmethod
+    def _pool(hidden, mask):
+        """Unit-norm mean of the unpadded tokens' states, times POOL_SCALE."""
         import torch
 
+        mask = mask.unsqueeze(-1).to(hidden.dtype)
+        return torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1) * POOL_SCALE
+
+    def forward(self, texts: list[str], max_tokens: int):
+        """The harm logit of each text of a batch, through every layer."""
+        hidden, mask, additive = self._embed(texts, max_tokens)
+        return self.head(self._pool(self._layers(hidden, additive, 0, None), mask)).squeeze(-1)
+
+    def _batches(self, texts: list[str], batch_size: int):
+        """Distinct texts and batches of their indices, sorted by length so that a batch pads little."""
         unique = list(dict.fromkeys(texts))
         order = np.argsort([len(t) for t in unique], kind="stable")
-        probs = np.empty(len(unique), dtype=np.float32)
+        return unique, [order[start:start + batch_size] for start in range(0, len(unique), batch_size)]
+
+    def pooled_after(self, texts: list[str], layers: int, max_tokens: int, batch_size: int = 16) -> np.ndarray:
+        """Each text's pooled state after the first ``layers`` layers (what the exit head reads)."""
+        import torch
+
+        unique, batches = self._batches(texts, batch_size)
         pooled = np.empty((len(unique), self.encoder.config.hidden_size), dtype=np.float32)
         self.encoder.eval()
+        with torch.inference_mode():
+            for rows in batches:
+                hidden, mask, additive = self._embed([unique[i] for i in rows], max_tokens)
+                pooled[rows] = self._pool(self._layers(hidden, additive, 0, layers), mask).float().cpu().numpy()
+        where = {text: i for i, text in enumerate(unique)}
+        return pooled[[where[t] for t in texts]]
+
+    def score(self, texts: list[str], max_tokens: int, batch_size: int = 16,
+              early_exit: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Harm probability of each text (0 for one that exits early) and whether it exited;
+        distinct texts run once."""
+        import torch
+
+        unique, batches = self._batches(texts, batch_size)
+        probs, exited = np.zeros(len(unique), dtype=np.float32), np.zeros(len(unique), dtype=bool)
+        split = self.exit_layer if early_exit and self.exit_head is not None else None
+        self.encoder.eval()
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            for start in range(0, len(unique), batch_size):
-                rows = order[start:start + batch_size]
-                logits, vectors = self.forward([unique[i] for i in rows], max_tokens)
-                probs[rows], pooled[rows] = torch.sigmoid(logits).float().cpu().numpy(), vectors.float().cpu().numpy()
+            for rows in batches:
+                hidden, mask, additive = self._embed([unique[i] for i in rows], max_tokens)
+                hidden = self._layers(hidden, additive, 0, split)
+                if split is not None:
+                    stop = (self.exit_head(self._pool(hidden, mask)).squeeze(-1) < self.exit_below).cpu().numpy()
+                    exited[rows[stop]], keep = True, torch.as_tensor(~stop, device=hidden.device)
+                    rows, hidden, mask, additive = rows[~stop], hidden[keep], mask[keep], additive[keep]
+                    if not len(rows):
+                        continue
+                    hidden = self._layers(hidden, additive, split, None)
+                probs[rows] = torch.sigmoid(self.head(self._pool(hidden, mask)).squeeze(-1)).float().cpu().numpy()
         where = {text: i for i, text in enumerate(unique)}
         index = [where[t] for t in texts]
-        return probs[index], pooled[index]
+        return probs[index], exited[index]
 
 
 def harm_probabilities(model: RequestClassifier, prefilter: Prefilter | None, texts: list[str], max_tokens: int,
-                       batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """Each text's harm probability (0 for a text the prefilter clears) and whether the tuned
-    model scored it."""
-    passed = prefilter.passes(texts) if prefilter else np.ones(len(texts), dtype=bool)
+                       batch_size: int = 16, early_exit: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Each text's harm probability (0 for one cleared before the last layer) and how far it went:
+    CLEARED_BY_PREFILTER, EXITED_EARLY or SCORED."""
+    stage = np.where(prefilter.passes(texts), SCORED, CLEARED_BY_PREFILTER) if prefilter else np.full(len(texts), SCORED)
     probs = np.zeros(len(texts), dtype=np.float32)
-    if passed.any():
-        probs[passed] = model.score([t for t, p in zip(texts, passed) if p], max_tokens, batch_size)[0]
-    return probs, passed
+    passed = np.flatnonzero(stage == SCORED)
+    if len(passed):
+        probs[passed], exited = model.score([texts[i] for i in passed], max_tokens, batch_size, early_exit)
+        stage[passed[exited]] = EXITED_EARLY
+    return probs, stage
 
 
 def _train_one(texts: list[str], labels: np.ndarray, settings: TuneSettings, seed: int, bar) -> dict[str, Any]:
@@ -196,7 +261,7 @@ def _train_one(texts: list[str], labels: np.ndarray, settings: TuneSettings, see
         order = rng.permutation(len(texts))
         for start in range(0, len(texts), settings.batch_size):
             rows = order[start:start + settings.batch_size]
-            logits, _ = model.forward([texts[i] for i in rows], settings.max_tokens)
+            logits = model.forward([texts[i] for i in rows], settings.max_tokens)
             target = torch.tensor(labels[rows], dtype=torch.float32, device=logits.device)
             loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight)
             optimizer.zero_grad()
@@ -249,20 +314,47 @@ def tune(records: list[Record], labels: np.ndarray, out: str, settings: TuneSett
     model.load_state(weights)
     prefilter, prefilter_summary = fit_prefilter(texts, labels, fit, held, settings.prefilter_harmful_share,
                                                  settings.prefilter_c, settings.seed)
+    exit_summary = fit_exit(model, texts, labels, fit, held, settings) if 0 < settings.exit_layer < settings.layers else None
     scores, _ = harm_probabilities(model, prefilter, [texts[i] for i in held], settings.max_tokens)
     benign_kinds = np.asarray(kinds)[held][~labels[held]] if kinds is not None else None
     threshold, point = held_out_threshold(scores[~labels[held]], scores[labels[held]], benign_kinds, settings.target_fpr)
     summary = {"base_model": "all-MiniLM-L6-v2", "layers": settings.layers, "max_tokens": settings.max_tokens, "threshold": threshold,
-               "operating_point": point, "prefilter": prefilter_summary, "rows": len(texts), "harmful_rows": int(labels.sum()), "data_sha256": data_digest(texts, labels),
+               "operating_point": point, "prefilter": prefilter_summary,
+               **({"early_exit": exit_summary} if exit_summary else {}), "rows": len(texts), "harmful_rows": int(labels.sum()), "data_sha256": data_digest(texts, labels),
                "settings": asdict(settings)}
     with storage.staged_dir(out, "tuned-screener") as folder:
         save_file(weights, str(Path(folder) / TUNED_WEIGHTS))
         prefilter.save(Path(folder))
+        if exit_summary:
+            save_file({"weight": model.exit_head.weight.detach()[0].contiguous(), "bias": model.exit_head.bias.detach()},
+                      str(Path(folder) / EXIT_WEIGHTS))
         (Path(folder) / TUNED_CONFIG).write_text(json.dumps(summary, indent=2) + "\n")
     if progress:
         progress(f"tuned screener written to {out}: recall {summary['operating_point']['recall']:.3f} "
                  f"at FPR {summary['operating_point']['fpr']:.3f} on the held-out rows")
     return summary
+
+
+def fit_exit(model: RequestClassifier, texts: list[str], labels: np.ndarray, fit: np.ndarray, held: np.ndarray,
+             settings: TuneSettings) -> dict[str, Any]:
+    """Give ``model`` an early exit after ``settings.exit_layer`` layers: a balanced logistic
+    regression on the fit rows' pooled states there, clearing below the ``exit_harmful_share``
+    quantile of the held-out harmful rows' exit scores (held-out only: the layers were tuned on the
+    fit rows, so those rows' states are not unseen). Returns its summary for tuned.json."""
+    import torch
+    from sklearn.linear_model import LogisticRegression
+
+    def exit_states(rows: np.ndarray) -> np.ndarray:
+        return model.pooled_after([texts[i] for i in rows], settings.exit_layer, settings.max_tokens)
+
+    clf = LogisticRegression(class_weight="balanced", max_iter=5000).fit(exit_states(fit), labels[fit])
+    model.set_exit(settings.exit_layer, clf.coef_[0], float(clf.intercept_[0]), -np.inf)
+    with torch.no_grad():
+        held_scores = model.exit_head(torch.from_numpy(exit_states(held)).to(model.device)).squeeze(-1).cpu().numpy()
+    model.exit_below = float(np.quantile(held_scores[labels[held]], settings.exit_harmful_share))
+    return {"layer": settings.exit_layer, "features": f"mean-pooled states after layer {settings.exit_layer}, "
+            "logistic regression", "clear_below": model.exit_below, "harmful_share": settings.exit_harmful_share,
+            "held_out_benign_cleared": round(float((held_scores[~labels[held]] < model.exit_below).mean()), 4)}
 
 
 def held_out_threshold(benign: np.ndarray, harmful: np.ndarray, benign_kinds: np.ndarray | None,
@@ -318,9 +410,9 @@ def is_tuned_folder(uri: str) -> bool:
 
 
 def weights_digest(uri: str) -> str:
-    """sha256 of a tuned screener's weights and its prefilter's: part of the pipeline's screening cache key."""
+    """sha256 of a tuned screener's weights, its prefilter's and its exit head's: part of the pipeline's screening cache key."""
     digest = hashlib.sha256()
-    for name in (TUNED_WEIGHTS, PREFILTER_WEIGHTS):
+    for name in (TUNED_WEIGHTS, PREFILTER_WEIGHTS, EXIT_WEIGHTS):
         if (tuned_folder(uri) / name).exists():
             digest.update((tuned_folder(uri) / name).read_bytes())
     return digest.hexdigest()
@@ -328,7 +420,8 @@ def weights_digest(uri: str) -> str:
 
 def load_tuned(uri: str, device: str = "cpu", precision: str = "fp32"
                ) -> tuple[RequestClassifier, Prefilter | None, dict[str, Any]]:
-    """The tuned model, its prefilter (None for a folder tuned before asft had one) and tuned.json."""
+    """The tuned model (with its early exit, if it was tuned with one), its prefilter (None for a
+    folder tuned before asft had one) and tuned.json."""
     from safetensors.torch import load_file
 
     folder = tuned_folder(uri)
@@ -337,14 +430,18 @@ def load_tuned(uri: str, device: str = "cpu", precision: str = "fp32"
     config = json.loads((folder / TUNED_CONFIG).read_text())
     model = RequestClassifier(device, precision, config.get("layers", 6))
     model.load_state(load_file(str(folder / TUNED_WEIGHTS)))
+    if "early_exit" in config:
+        head = load_file(str(folder / EXIT_WEIGHTS))
+        model.set_exit(config["early_exit"]["layer"], head["weight"].numpy(), float(head["bias"][0]),
+                       config["early_exit"]["clear_below"])
     prefilter = Prefilter.load(folder, config["prefilter"]) if "prefilter" in config else None
     return model, prefilter, config
 
 
 class TunedScreener:
-    """Screens each user turn of a record with a tuned model, behind its word prefilter unless
-    ``encoder.prefilter`` is off; a record scores its worst turn. The reason names the harm
-    description nearest to that turn, for the review page."""
+    """Screens each user turn of a record with a tuned model, behind its word prefilter and with its
+    early exit unless ``encoder.prefilter`` or ``encoder.early_exit`` is off; a record scores its
+    worst turn. The reason names the harm description nearest to that turn, for the review page."""
 
     name = "encoder"
 
@@ -352,21 +449,23 @@ class TunedScreener:
         self.config = config or EncoderConfig()
         self.model, prefilter, self.tuned = load_tuned(self.config.tuned_model, self.config.device, self.config.precision)
         self.prefilter = prefilter if self.config.prefilter else None
+        self.early_exit = self.tuned.get("early_exit") if self.config.early_exit else None
         self.max_tokens = self.tuned.get("max_tokens", self.config.max_tokens)
         self.threshold, self.operating_point = self.tuned.get("threshold", 0.5), None
         self.harm_labels = [(c, d) for c, ds in HARM_DESCRIPTIONS.items() for d in ds]
         self.namer = None  # the untuned encoder, loaded at the first flag: tuning bends the space away from topics
-        self.turns = {"screened": 0, "cleared_by_prefilter": 0}
+        self.turns = {"screened": 0, "cleared_by_prefilter": 0, "exited_early": 0}
         if self.config.calibration:
             self.threshold, self.operating_point = calibrate(self, self.config.calibration,
                                                              self.config.calibration_labels, self.config.target_fpr)
-            self.turns = {"screened": 0, "cleared_by_prefilter": 0}  # count the data's turns, not the sample's
+            self.turns = {"screened": 0, "cleared_by_prefilter": 0, "exited_early": 0}  # count the data's turns, not the sample's
 
     def describe(self) -> dict[str, Any]:
         info = {"name": self.name, "mode": "tuned", "tuned_model": self.config.tuned_model,
                 "threshold": round(self.threshold, 6), "max_tokens": self.max_tokens,
                 "precision": "bf16" if self.model.bf16 else "fp32",
                 "prefilter": {**self.tuned["prefilter"], "turns": self.turns} if self.prefilter else None,
+                "early_exit": {**self.early_exit, "turns": self.turns} if self.early_exit else None,
                 **self.config.model_dump(include={"target_fpr", "calibration", "batch_size", "device"}),
                 "trained_rows": self.tuned["rows"], "data_sha256": self.tuned["data_sha256"],
                 "shipped_operating_point": self.tuned["operating_point"]}
@@ -389,9 +488,13 @@ class TunedScreener:
     def score(self, records: list[Record]) -> list[ScreenResult]:
         turns = [record.user_turns() for record in records]
         flat = [t for ts in turns for t in ts]
-        probs, passed = harm_probabilities(self.model, self.prefilter, flat, self.max_tokens, self.config.batch_size)
+        probs, stage = harm_probabilities(self.model, self.prefilter, flat, self.max_tokens, self.config.batch_size,
+                                          self.early_exit is not None)
         self.turns["screened"] += len(flat)
-        self.turns["cleared_by_prefilter"] += int((~passed).sum())
+        self.turns["cleared_by_prefilter"] += int((stage == CLEARED_BY_PREFILTER).sum())
+        self.turns["exited_early"] += int((stage == EXITED_EARLY).sum())
+        cleared = {CLEARED_BY_PREFILTER: "cleared by the word prefilter", SCORED: "below the threshold",
+                   EXITED_EARLY: f"cleared after layer {self.model.exit_layer}"}
         starts = np.cumsum([0] + [len(ts) for ts in turns[:-1]])
         worst = [int(start + np.argmax(probs[start:start + len(ts)])) for start, ts in zip(starts, turns)]
         flagged = [bool(probs[w] > self.threshold) for w in worst]
@@ -399,8 +502,7 @@ class TunedScreener:
         results = []
         for start, record_turns, w, flag in zip(starts, turns, worst, flagged):
             where = "request" if len(record_turns) == 1 else f"user turn {w - start + 1}"
-            category, description = (next(named) if flag else ("none", "below the threshold") if passed[w]
-                                     else ("none", "cleared by the word prefilter"))
+            category, description = next(named) if flag else ("none", cleared[stage[w]])
             reason = f'encoder:{category}:"{description}" ({where} p={probs[w]:.3f})'
             results.append(ScreenResult(flag, float(probs[w]), (reason,)))
         return results
