@@ -281,12 +281,30 @@ def safe_projected_b(folder):
 
 
 def _falcon_split(config):
+    """The rows of query_key_value that Falcon's own code takes as q, k and v. transformers < 5.25
+    splits in ``_split_heads``; 5.25 splits inline in ``forward`` and hands q, k and v to the
+    attention interface, so there every output row is made to carry its index and an attention
+    function registered for the test records what reaches it (ALiBi: no rotary on the way)."""
     from transformers.models.falcon.modeling_falcon import FalconAttention
 
-    attention = FalconAttention(config)
-    rows = attention.query_key_value.out_features
-    q, k, v = attention._split_heads(torch.arange(rows, dtype=torch.float64).view(1, 1, rows))
-    return [sorted(int(i) for i in t.flatten().unique()) for t in (q, k, v)]
+    attention = FalconAttention(config, layer_idx=0)
+    rows, width = attention.query_key_value.out_features, config.hidden_size
+    if hasattr(attention, "_split_heads"):
+        split = attention._split_heads(torch.arange(rows, dtype=torch.float64).view(1, 1, rows))
+    else:
+        from transformers import AttentionInterface
+
+        seen = []
+        AttentionInterface.register("record_qkv", lambda module, q, k, v, *args, **kwargs:
+                                    (seen.extend((q, k, v)), (torch.zeros_like(q).transpose(1, 2), None))[1])
+        config = type(config).from_dict({**config.to_dict(), "alibi": True})
+        config._attn_implementation = "record_qkv"
+        attention = FalconAttention(config, layer_idx=0).double()
+        with torch.no_grad():
+            attention.query_key_value.weight.copy_(torch.arange(rows, dtype=torch.float64)[:, None].expand(rows, width) / width)
+            attention(torch.ones(1, 1, width, dtype=torch.float64), attention_mask=None)
+        split = seen
+    return [sorted(int(i) for i in t.flatten().unique()) for t in split]
 
 
 @pytest.mark.parametrize("variant", [dict(new_decoder_architecture=True, num_kv_heads=2),
