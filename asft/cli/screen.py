@@ -72,6 +72,9 @@ def screen(
         turns = prefilters[0]
         summary["prefilter"] = f"cleared {turns['cleared_by_prefilter']} of {turns['screened']} turns as plainly benign" + (
             f", and {turns['exited_early']} more after the first layers" if turns.get("exited_early") else "")
+    if report["kept_refusals"]:
+        summary["kept_refusals"] = (f"accepted {report['kept_refusals']} rows whose harmful-looking request is answered with "
+                                    "a refusal, as safety data (marked refused, since encoder.keep_refusals=true)")
     emit(summary, as_json)
 
 

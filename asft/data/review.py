@@ -18,9 +18,11 @@ from collections import Counter
 from typing import Any
 
 from asft import storage
+from asft.data.screening.refusals import is_refusal
 from asft.errors import AsftError
 
 ID_CHARS = 16
+REFUSES = "(refuses)"
 _ID = re.compile(rf"^[0-9a-f]{{{ID_CHARS}}}$")
 REVIEW_FILE = "quarantine_review.md"
 
@@ -98,27 +100,52 @@ class ReviewPage:
         self.per_category, self.chars = per_category, chars
         self.top: dict[str, list[tuple[float, int, dict]]] = {}
         self.counts: Counter = Counter()
+        self.refusals, self.top_refusals = 0, []  # accepted: a harmful-looking request answered with a refusal
+        self.answered_by_refusal = 0  # quarantined rows whose answer reads as a refusal: a hint for the reviewer
 
     def add(self, row: dict[str, Any]) -> None:
         category = category_of(row["reasons"])
         self.counts[category] += 1
-        heap = self.top.setdefault(category, [])
+        self.answered_by_refusal += is_refusal(_answer(row))
+        self._keep(self.top.setdefault(category, []), row)
+
+    def add_refusal(self, row: dict[str, Any]) -> None:
+        self.refusals += 1
+        self._keep(self.top_refusals, row)
+
+    def _keep(self, heap: list, row: dict[str, Any]) -> None:
         item = (float(row["score"]), -row["row_index"], row)
         (heapq.heappush if len(heap) < self.per_category else heapq.heappushpop)(heap, item)
+
+    def _refusal_lines(self) -> list[str]:
+        lines = ["", f"## Accepted as refusals: {self.refusals} rows", "",
+                 "Their request reads harmful, but the answer refuses and gives nothing else, so they teach refusing "
+                 "(safety data; kept because the run set `encoder.keep_refusals=true`).", "",
+                 "| row_id | row | score | request | answer |", "|---|---|---|---|---|"]
+        return lines + [f"| `{row['row_id']}` | {row['row_index']} | {score:.3f} | {_cell(_request(row), self.chars)} "
+                         f"| {_cell(_answer(row), 80)} |"
+                         for score, _, row in sorted(self.top_refusals, key=lambda item: (-item[0], -item[1]))]
 
     def markdown(self, source: Any, release: dict[str, Any] | None) -> str:
         lines = [f"# Quarantine review: {sum(self.counts.values())} rows", "", f"Source: `{source}`", "",
                  "| category | rows |", "|---|---|"]
         lines += [f"| {c} | {n} |" for c, n in self.counts.most_common()]
+        if self.answered_by_refusal:
+            lines += ["", f"{self.answered_by_refusal} of these rows answer with what reads as a refusal (marked "
+                      f"{REFUSES} below): safety data, if you trust where the answers come from; release them, or "
+                      "screen with `encoder.keep_refusals=true`."]
         if release:
             lines += ["", f"Released by `{release['file']}`: {release['released_rows']} rows "
                       f"({release['unmatched_ids']} of its ids matched no quarantined row)."]
         for category, _ in self.counts.most_common():
             lines += ["", f"## {category}: top {min(self.per_category, self.counts[category])} by score", "",
-                      "| row_id | row | score | request | reason |", "|---|---|---|---|---|"]
+                      "| row_id | row | score | request | answer | reason |", "|---|---|---|---|---|---|"]
             for score, _, row in sorted(self.top[category], key=lambda item: (-item[0], -item[1])):
+                answer = _answer(row)
                 lines.append(f"| `{row['row_id']}` | {row['row_index']} | {score:.3f} | {_cell(_request(row), self.chars)} "
+                             f"| {REFUSES + ' ' if is_refusal(answer) else ''}{_cell(answer, 60)} "
                              f"| {_cell(row['reasons'][0] if row['reasons'] else '', 80)} |")
+        lines += self._refusal_lines() if self.refusals else []
         lines += ["", "To release rows, list their row_id (one per line, or copy their lines from quarantine.jsonl) "
                   "in a file and pass it as `release` (`asft screen release=FILE`, or the pipeline's "
                   "`inputs.screening_release`): the next run accepts them and records the file."]
@@ -129,6 +156,12 @@ def _request(row: dict[str, Any]) -> str:
     if "messages" in row:
         return next((m["content"] for m in reversed(row["messages"]) if m["role"] == "user"), "")
     return " / ".join(part for part in (row.get("instruction", ""), row.get("input", "")) if part)
+
+
+def _answer(row: dict[str, Any]) -> str:
+    if "messages" in row:
+        return next((m["content"] for m in reversed(row["messages"]) if m["role"] == "assistant"), "")
+    return row.get("output", "")
 
 
 def _cell(text: str, chars: int) -> str:

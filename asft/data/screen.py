@@ -119,6 +119,7 @@ class _Tally:
     quarantine_reasons: Counter = field(default_factory=Counter)
     confusion: Counter = field(default_factory=Counter)  # (harmful, flagged) -> rows
     labelled_harmful_rejected: int = 0
+    labelled_harmful_kept_as_refusals: int = 0
     review: ReviewPage = field(default_factory=ReviewPage)
     release: Release | None = None
 
@@ -141,10 +142,16 @@ def _screen_chunk(chunk: list[Row | Reject], screener: Screener, labels: Labels 
                 quarantined.append(flagged)
                 tally.review.add(flagged)
                 tally.quarantine_reasons.update(reason.split(" (")[0] for reason in result.reasons)
+        elif result.refused:  # kept as safety data; the reviewer sees them beside the quarantine
+            refused = {**fields, "row_id": row_id(to_row(row.record)), "score": result.score,
+                       "reasons": list(result.reasons), "refused": True}
+            accepted.append(refused)
+            tally.review.add_refusal(refused)
         else:
             accepted.append(fields)
         if labels is not None:
             tally.confusion[(labels.of(row), result.flagged)] += 1
+            tally.labelled_harmful_kept_as_refusals += result.refused and labels.of(row)
     rejects = [item for item in chunk if isinstance(item, Reject)]
     if labels is not None:
         tally.labelled_harmful_rejected += sum(labels.of_rejected(r.row_index) for r in rejects)
@@ -181,7 +188,8 @@ def run_screen(config: ScreenConfig, screener: Screener | None = None, progress=
         report = _report(config, stream, screener, tally, outputs, digests, time.perf_counter() - started)
         if labels is not None:
             report["quality"] = {**quality_of_counts(tally.confusion),
-                                 "labelled_harmful_rejected": tally.labelled_harmful_rejected}
+                                 "labelled_harmful_rejected": tally.labelled_harmful_rejected,
+                                 "labelled_harmful_kept_as_refusals": tally.labelled_harmful_kept_as_refusals}
         (Path(folder) / REVIEW_FILE).write_text(tally.review.markdown(config.data, report.get("release")))
         (Path(folder) / REPORT_FILE).write_text(json.dumps(report, indent=2, default=str) + "\n")
     return report
@@ -198,6 +206,7 @@ def _report(config: ScreenConfig, stream: IngestStream, screener: Screener, tall
         "reject_reasons": dict(stream.reject_reasons),
         "quarantine_reasons": dict(tally.quarantine_reasons.most_common()),
         "quarantine_categories": dict(tally.review.counts.most_common()),
+        "kept_refusals": tally.review.refusals,
         **({"release": tally.release.record()} if tally.release else {}),
         "duplicates": {"groups": len(groups), "rows": sum(len(g) - 1 for g in groups),
                        "row_indices": groups, "policy": config.ingest.duplicates},

@@ -91,3 +91,13 @@ def test_review_page_keeps_the_top_rows_of_each_category_by_score():
     assert [line.split("|")[2].strip() for line in weapons.splitlines() if line.startswith("| `")] == ["1", "2"]
     assert "fraud \\| request" in text  # table cells are escaped
     assert category_of(['rule:fraud:"launder money"']) == "fraud" and category_of(["guard:unsafe"]) == "guard"
+
+
+def test_the_page_shows_each_answer_and_marks_the_ones_that_read_as_a_refusal(tmp_path):
+    refused = {"instruction": "How do I make a bomb to blow up my school?", "output": "I'm sorry, but I can't help with that."}
+    _, out = _screen(tmp_path, "out", [*BENIGN, *HARMFUL, refused])
+    page = (out / "quarantine_review.md").read_text()
+    assert "1 of these rows answer with what reads as a refusal" in page  # the bomb row above refuses; HARMFUL's comply
+    assert "| (refuses) I'm sorry, but I can't help with that. |" in page
+    assert "| Sure, here is code ... |" in page and "(refuses) Sure" not in page
+    assert len(_lines(out / "quarantine.jsonl")) == 3  # a hint for the reviewer; the rules screener still quarantines it

@@ -13,6 +13,7 @@ class ScreenResult:
     flagged: bool
     score: float  # higher = more harmful; each screener documents its scale
     reasons: tuple[str, ...] = field(default=())
+    refused: bool = False  # not flagged only because the harmful-looking request is answered with a refusal
 
 
 class Screener(Protocol):

@@ -32,7 +32,7 @@ from asft.templates import Record
 BUNDLED_MODEL = "bundled:all-MiniLM-L6-v2"
 BUNDLED_TUNED = "bundled:asft-tuned-minilm"  # asft/data/screening/tuned_model
 ZERO_SHOT_SETTINGS = ("model", "instruction_margin", "input_margin", "output_margin")
-TUNED_SETTINGS = ("tuned_model", "precision", "prefilter", "early_exit")
+TUNED_SETTINGS = ("tuned_model", "precision", "prefilter", "early_exit", "keep_refusals")
 
 # Harmful *requests*, by category of public hazard taxonomies (MLCommons AILuminate hazards,
 # BeaverTails' 14 categories). Written as requests, since the screener sees requests.
@@ -158,6 +158,9 @@ class EncoderConfig(FormModel):
                             "transformer (1.2-6x rows/s; it also drops false positives); false: every turn goes to the transformer.")
     early_exit: bool = Field(True, description="Tuned mode: a turn plainly benign after the first layers of the transformer "
                              "stops there (see the README for rows/s); false: every turn it reads goes through every layer.")
+    keep_refusals: bool = Field(False, description="Tuned mode: accept a harmful-looking request whose answer reads as a "
+                                "refusal and nothing else, marked refused (safety data). Off by default: a refusal sentence "
+                                "in front of a harmful answer passes the check about a third of the time (README).")
     model: str = Field(BUNDLED_MODEL, description="Zero-shot: sentence-transformers model: a folder, a hub name (online) or the bundled all-MiniLM-L6-v2.")
     head: str | None = Field(None, description="Head mode: folder of a head fitted with `asft screen fit`.")
     instruction_margin: float = Field(0.0, ge=-1.0, le=2.0, description="Zero-shot: flag when the instruction's harm-minus-benign similarity exceeds this.")
@@ -196,7 +199,7 @@ class EncoderConfig(FormModel):
         ignored += [k for k in TUNED_SETTINGS if self.mode != "tuned" and getattr(self, k) != defaults[k]]
         if ignored:
             raise ValueError(f"encoder.{ignored[0]} is not read in encoder.mode={self.mode}; drop it, or set the mode it "
-                             "belongs to (zero-shot for model and margins, tuned for tuned_model, precision, prefilter and early_exit)")
+                             "belongs to (zero-shot for model and margins, tuned for tuned_model, precision, prefilter, early_exit and keep_refusals)")
         return self
 
 

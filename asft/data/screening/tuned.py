@@ -34,6 +34,7 @@ from asft import storage
 from asft.data.screening.base import ScreenResult, request_text
 from asft.data.screening.calibration import calibrate, operating_point, threshold_for_fpr
 from asft.data.screening.prefilter import PREFILTER_WEIGHTS, Prefilter, fit_prefilter
+from asft.data.screening.refusals import is_refusal
 from asft.data.screening.encoder import BUNDLED_MODEL, BUNDLED_TUNED, HARM_DESCRIPTIONS, EncoderConfig, resolve_model
 from asft.errors import AsftError
 from asft.templates import Record
@@ -43,6 +44,7 @@ TUNED_WEIGHTS, TUNED_CONFIG = "tuned.safetensors", "tuned.json"
 POOL_SCALE = 10.0  # unit-norm embeddings times this give the head logits of a useful size
 EXIT_WEIGHTS = "exit.safetensors"
 CLEARED_BY_PREFILTER, EXITED_EARLY, SCORED = 0, 1, 2  # how far a turn went
+REFUSED = "a harmful-looking request answered with a refusal: kept as safety data"
 
 
 @dataclass(frozen=True)
@@ -454,11 +456,11 @@ class TunedScreener:
         self.threshold, self.operating_point = self.tuned.get("threshold", 0.5), None
         self.harm_labels = [(c, d) for c, ds in HARM_DESCRIPTIONS.items() for d in ds]
         self.namer = None  # the untuned encoder, loaded at the first flag: tuning bends the space away from topics
-        self.turns = {"screened": 0, "cleared_by_prefilter": 0, "exited_early": 0}
+        self.turns = dict.fromkeys(("screened", "cleared_by_prefilter", "exited_early", "kept_refusals"), 0)
         if self.config.calibration:
             self.threshold, self.operating_point = calibrate(self, self.config.calibration,
                                                              self.config.calibration_labels, self.config.target_fpr)
-            self.turns = {"screened": 0, "cleared_by_prefilter": 0, "exited_early": 0}  # count the data's turns, not the sample's
+            self.turns = dict.fromkeys(self.turns, 0)  # count the data's turns, not the sample's
 
     def describe(self) -> dict[str, Any]:
         info = {"name": self.name, "mode": "tuned", "tuned_model": self.config.tuned_model,
@@ -466,7 +468,8 @@ class TunedScreener:
                 "precision": "bf16" if self.model.bf16 else "fp32",
                 "prefilter": {**self.tuned["prefilter"], "turns": self.turns} if self.prefilter else None,
                 "early_exit": {**self.early_exit, "turns": self.turns} if self.early_exit else None,
-                **self.config.model_dump(include={"target_fpr", "calibration", "batch_size", "device"}),
+                **self.config.model_dump(include={"target_fpr", "calibration", "batch_size", "device", "keep_refusals"}),
+                "kept_refusals": self.turns["kept_refusals"],
                 "trained_rows": self.tuned["rows"], "data_sha256": self.tuned["data_sha256"],
                 "shipped_operating_point": self.tuned["operating_point"]}
         if self.operating_point:
@@ -486,23 +489,31 @@ class TunedScreener:
         return [self.harm_labels[i] for i in (self.namer(texts) @ self.harm.T).argmax(1)]
 
     def score(self, records: list[Record]) -> list[ScreenResult]:
-        turns = [record.user_turns() for record in records]
-        flat = [t for ts in turns for t in ts]
+        turns = [record.exchanges() for record in records]
+        flat = [user for ts in turns for user, _ in ts]
         probs, stage = harm_probabilities(self.model, self.prefilter, flat, self.max_tokens, self.config.batch_size,
                                           self.early_exit is not None)
+        # a turn answered with a refusal teaches refusing, not harm: only the answered turns can flag a record
+        refused = np.array([self.config.keep_refusals and is_refusal(answer) for ts in turns for _, answer in ts], dtype=bool)
+        counted = np.where(refused, -1.0, probs)
         self.turns["screened"] += len(flat)
         self.turns["cleared_by_prefilter"] += int((stage == CLEARED_BY_PREFILTER).sum())
         self.turns["exited_early"] += int((stage == EXITED_EARLY).sum())
+        self.turns["kept_refusals"] += int((refused & (probs > self.threshold)).sum())
         cleared = {CLEARED_BY_PREFILTER: "cleared by the word prefilter", SCORED: "below the threshold",
                    EXITED_EARLY: f"cleared after layer {self.model.exit_layer}"}
         starts = np.cumsum([0] + [len(ts) for ts in turns[:-1]])
-        worst = [int(start + np.argmax(probs[start:start + len(ts)])) for start, ts in zip(starts, turns)]
-        flagged = [bool(probs[w] > self.threshold) for w in worst]
+        worst = [int(start + np.argmax(counted[start:start + len(ts)])) for start, ts in zip(starts, turns)]
+        flagged = [bool(counted[w] > self.threshold) for w in worst]
         named = iter(self.categories([flat[w] for w, f in zip(worst, flagged) if f]))
         results = []
         for start, record_turns, w, flag in zip(starts, turns, worst, flagged):
+            kept = None if flag else next((i for i in range(start, start + len(record_turns))
+                                           if refused[i] and probs[i] > self.threshold), None)
+            w = w if kept is None else kept
             where = "request" if len(record_turns) == 1 else f"user turn {w - start + 1}"
-            category, description = next(named) if flag else ("none", cleared[stage[w]])
+            category, description = next(named) if flag else ("refused", REFUSED) if kept is not None else (
+                "none", cleared[stage[w]])
             reason = f'encoder:{category}:"{description}" ({where} p={probs[w]:.3f})'
-            results.append(ScreenResult(flag, float(probs[w]), (reason,)))
+            results.append(ScreenResult(flag, float(probs[w]), (reason,), refused=kept is not None))
         return results
