@@ -94,3 +94,18 @@ def test_ingest_memory_benchmark_runs_at_a_tiny_size(tmp_path):
     assert counts["quarantined"] >= result["rows"] // 50 and counts["rejected"] == result["rows"] // 1000 > 0
     assert result["peak_rss_growth_mib"] > 0 and result["raw_read"]["rows_per_s"] > result["screen"]["rows_per_s"] > 0
     assert list(tmp_path.iterdir()) == []  # the temporary data is removed
+
+
+def test_refusal_benchmark_counts_every_answer_and_disguises_real_harmful_answers(bench_data):
+    from asft.data.screening.refusals import is_refusal
+    from benchmarks.refusals import disguised, harmful_answers, measure
+
+    result = measure()
+    assert (result["refusals_kept"]["rows"], result["non_refusals_passed"]["rows"]) == (120, 120)
+    assert sum(t["called_refusal"] for t in result["by_style"]) == (result["refusals_kept"]["called_refusal"]
+                                                                   + result["non_refusals_passed"]["called_refusal"])
+    answers = harmful_answers(bench_data)
+    assert len(answers) == len(set(answers)) == result["refusal_sentence_before_a_harmful_answer"]["rows"] > 250
+    # each disguised row is a passing refusal sentence, then the answer: it passes exactly when the answer lets it
+    one = disguised(["I can't help with that. It is dangerous."], ["Sure, here you go.", "Yes! Let's do it!"])
+    assert (one["openings"], one["called_refusal"]) == (1, int(is_refusal("I can't help with that. Yes! Let's do it!")))
