@@ -7,8 +7,9 @@ it would learn nothing), and the held-out files in ``benchmarks/data/screening_h
 independently of every screener's data; never fit or calibrate on them). Arms: the default
 encoder screener (tuned, behind its word prefilter, with its early exit), the same without the early exit, the
 transformer alone (neither), the zero-shot encoder, the rules, default + rules combined (any),
-and the default calibrated at 3 % FPR on the file's own first 30 % (a user's labelled
-sample), judged on the remaining rows. Plus the
+the default calibrated at 3 % FPR on the file's own first 30 % (a user's labelled
+sample), judged on the remaining rows, and the cascade's ceiling (the default's band sent to a judge
+that is always right: what ``combine=cascade`` can reach, and the share of rows its judge reads). Plus the
 flag rate on the BeaverTails evaluation prompts (unfiltered, so not all harmful; no truth).
 Rows/s is wall time of ``score`` (model loading excluded) at torch's thread count, and the
 CPU seconds it took; other processes on the machine slow the wall figure. "cleared": the share
@@ -78,6 +79,17 @@ def calibrated(scores: list[float], truth: list[bool]):
                                                                          "threshold": round(threshold, 4)}
 
 
+def cascade_ceiling(scores: list[float], truth: list[bool]):
+    """The cascade's best case (``combine=cascade`` with the default band): a judge always right on
+    the rows it reads. "judged" is the share of rows it reads; a real judge's errors come on top."""
+    from asft.data.screen import ScreenConfig
+
+    low, high = (ScreenConfig.model_fields[f].default for f in ("cascade_clear_below", "cascade_flag_above"))
+    band = [low <= s <= high for s in scores]
+    return ([s > high or (b and t) for s, b, t in zip(scores, band, truth)], None,
+            {"rows_per_s": None, "cpu_s": None, "wall_s": None, "judged": round(sum(band) / len(band), 3)})
+
+
 def arms(screeners: dict, records, truth) -> dict:
     """Flags and speed of each screener, and of encoder+rules combined with ``any`` (derived:
     the combination flags what either flags and costs the sum of both)."""
@@ -85,6 +97,7 @@ def arms(screeners: dict, records, truth) -> dict:
     (enc, enc_scores, enc_speed), (rul, _, rul_speed) = out["encoder"], out["rules"]
     wall = enc_speed["wall_s"] + rul_speed["wall_s"]
     out["encoder calibrated"] = calibrated(enc_scores, truth)
+    out["cascade ceiling"] = cascade_ceiling(enc_scores, truth)
     out["encoder+rules"] = ([a or b for a, b in zip(enc, rul)], None,
                             {"rows_per_s": round(len(records) / wall, 1) if wall else None,
                              "cpu_s": round(enc_speed["cpu_s"] + rul_speed["cpu_s"], 2), "wall_s": round(wall, 2)})
@@ -125,22 +138,23 @@ def run(folder: Path | None) -> dict:
         flags = arms(screeners, beaver, [False] * len(beaver))
         result["generalisation"]["beavertails_250_flag_rate"] = {
             arm: round(sum(f for f in flagged if f is not None) / sum(f is not None for f in flagged), 3)
-            for arm, (flagged, _, _) in flags.items() if arm != "encoder calibrated"}  # no truth to calibrate on
+            for arm, (flagged, _, _) in flags.items() if arm not in ("encoder calibrated", "cascade ceiling")}  # they need truth
     return result
 
 
 def table(result: dict) -> str:
-    lines = [f"{'file':18} {'screener':19} {'rows':>5} {'recall':>7} {'FPR':>7} {'prec':>7} {'F1':>7} {'rows/s':>8} {'cpu_s':>7} {'cleared':>7} {'exited':>7}"]
+    lines = [f"{'file':18} {'screener':19} {'rows':>5} {'recall':>7} {'FPR':>7} {'prec':>7} {'F1':>7} {'rows/s':>8} {'cpu_s':>7} {'cleared':>7} {'exited':>7} {'judged':>7}"]
     fmt = lambda v, spec="7.3f": f"{v:{spec}}" if isinstance(v, float) else f"{'-':>{spec.split('.')[0]}}"  # noqa: E731
     for name, arms_out in result["files"].items():
         for arm, m in arms_out.items():
             lines.append(f"{name:18} {arm:19} {m['rows']:5d} {fmt(m['recall'])} {fmt(m['false_positive_rate'])} "
                          f"{fmt(m['precision'])} {fmt(m['f1'])} {fmt(m['rows_per_s'], '8.1f')} {fmt(m['cpu_s'], '7.2f')} "
-                         f"{fmt(m.get('cleared'))} {fmt(m.get('exited'))}")
+                         f"{fmt(m.get('cleared'))} {fmt(m.get('exited'))} {fmt(m.get('judged'))}")
     for label, value in result["generalisation"].items():
         lines.append(f"{label}: {json.dumps(value)}")
     lines.append(f"'encoder calibrated': the threshold at 3 % FPR on the file's first {SAMPLE_SHARE:.0%} (your labelled "
-                 "sample), judged on the rest; rows/s is wall time at torch's thread count")
+                 "sample), judged on the rest; 'cascade ceiling': combine=cascade with a judge that is always right, "
+                 "'judged' the share of rows it reads; rows/s is wall time at torch's thread count")
     return "\n".join(lines)
 
 

@@ -109,3 +109,11 @@ def test_refusal_benchmark_counts_every_answer_and_disguises_real_harmful_answer
     # each disguised row is a passing refusal sentence, then the answer: it passes exactly when the answer lets it
     one = disguised(["I can't help with that. It is dangerous."], ["Sure, here you go.", "Yes! Let's do it!"])
     assert (one["openings"], one["called_refusal"]) == (1, int(is_refusal("I can't help with that. Yes! Let's do it!")))
+
+
+def test_the_cascade_ceiling_is_right_on_the_band_and_keeps_the_cheap_verdict_outside_it():
+    from benchmarks.screening import cascade_ceiling
+
+    flags, _, speed = cascade_ceiling([0.0, 0.5, 0.995, 0.5, 0.03], [True, True, False, False, True])
+    assert flags == [False, True, True, False, False]  # a miss below the band stays a miss, a false alarm above it stays
+    assert speed["judged"] == 0.4

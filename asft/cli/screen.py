@@ -72,6 +72,10 @@ def screen(
         turns = prefilters[0]
         summary["prefilter"] = f"cleared {turns['cleared_by_prefilter']} of {turns['screened']} turns as plainly benign" + (
             f", and {turns['exited_early']} more after the first layers" if turns.get("exited_early") else "")
+    if report["screener"].get("combine") == "cascade":
+        cascade = report["screener"]
+        summary["cascade"] = (f"the judge read {cascade['judged_rows']} of {cascade['rows']} rows (encoder score "
+                              f"{cascade['clear_below']}-{cascade['flag_above']})")
     if report["kept_refusals"]:
         summary["kept_refusals"] = (f"accepted {report['kept_refusals']} rows whose harmful-looking request is answered with "
                                     "a refusal, as safety data (marked refused, since encoder.keep_refusals=true)")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from asft import storage
 from asft.data.ingest import IngestConfig, IngestStream, Reject, Row
@@ -39,7 +39,11 @@ class ScreenConfig(BaseModel):
     out: str = Field(..., description="Output folder or URI for accepted/quarantine/rejects and the report.")
     ingest: IngestConfig = Field(default_factory=IngestConfig, description="Format, schema and malformed-row policy.")
     screeners: list[ScreenerName] = Field(["encoder"], min_length=1, description="Screeners to run (encoder is the offline default).")
-    combine: Literal["any", "all"] = Field("any", description="any: quarantine when one screener flags; all: when every one does.")
+    combine: Literal["any", "all", "cascade"] = Field("any", description="any: quarantine when one screener flags; all: when "
+                                                      "every one does; cascade: the first (encoder) decides its sure rows, the "
+                                                      "others (classifier, guard) only the band between cascade_clear_below and cascade_flag_above.")
+    cascade_clear_below: float = Field(0.05, ge=0.0, le=1.0, description="Cascade: a row the encoder scores below this is accepted without the judge.")
+    cascade_flag_above: float = Field(0.99, ge=0.0, le=1.0, description="Cascade: a row the encoder scores above this is quarantined without the judge.")
     encoder: EncoderConfig = Field(default_factory=EncoderConfig, description="Sentence-encoder screener settings.")
     classifier_model: str | None = Field(None, description="Moderation classifier checkpoint (for the classifier screener).")
     classifier_threshold: float = Field(0.5, ge=0.0, le=1.0, description="Classifier: flag when any category probability exceeds this.")
@@ -50,6 +54,20 @@ class ScreenConfig(BaseModel):
                                 "a JSON list, or lines copied from quarantine.jsonl); they are accepted and marked released.")
     chunk_rows: int = Field(2048, ge=1, le=1_000_000, description="Rows read and screened per step (what is held in memory at once; progress granularity).")
     device: str = Field("auto", description="Device for model screeners: auto | cpu | cuda.")
+
+
+    @model_validator(mode="after")
+    def _cascade_is_cheap_then_judge(self) -> "ScreenConfig":
+        if self.combine != "cascade":
+            return self
+        names = list(dict.fromkeys(self.screeners))
+        if len(names) < 2 or names[0] != "encoder" or self.encoder.mode == "zero-shot":
+            raise ValueError("combine=cascade needs screeners=[encoder, then classifier, guard or rules]: the encoder (tuned "
+                             "or head mode: its score is a probability) first, then the judges of its uncertain band")
+        if not self.cascade_clear_below < self.cascade_flag_above:
+            raise ValueError(f"cascade_clear_below ({self.cascade_clear_below}) must be below cascade_flag_above "
+                             f"({self.cascade_flag_above})")
+        return self
 
 
 def build_screener(config: ScreenConfig) -> Screener:
@@ -76,6 +94,10 @@ def build_screener(config: ScreenConfig) -> Screener:
             if not config.guard_model:
                 raise AsftError("the guard screener needs a model: --guard-model PATH")
             screeners.append(GuardScreener(config.guard_model, device=config.device))
+    if config.combine == "cascade":
+        from asft.data.screening.cascade import Cascade
+
+        return Cascade(screeners[0], combine(screeners[1:], "any"), config.cascade_clear_below, config.cascade_flag_above)
     return combine(screeners, config.combine)
 
 
