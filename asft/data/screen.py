@@ -55,9 +55,12 @@ class ScreenConfig(BaseModel):
     chunk_rows: int = Field(2048, ge=1, le=1_000_000, description="Rows read and screened per step (what is held in memory at once; progress granularity).")
     device: str = Field("auto", description="Device for model screeners: auto | cpu | cuda.")
 
-
     @model_validator(mode="after")
-    def _cascade_is_cheap_then_judge(self) -> "ScreenConfig":
+    def _screeners_are_complete(self) -> "ScreenConfig":
+        """A model screener without its model, or a cascade in the wrong order, fails before any row is read."""
+        for name, model in (("classifier", self.classifier_model), ("guard", self.guard_model)):
+            if name in self.screeners and not model:
+                raise ValueError(f"the {name} screener needs a model: --{name}-model PATH")
         if self.combine != "cascade":
             return self
         names = list(dict.fromkeys(self.screeners))
@@ -84,15 +87,11 @@ def build_screener(config: ScreenConfig) -> Screener:
         elif name == "classifier":
             from asft.data.screening.classifier import ClassifierScreener
 
-            if not config.classifier_model:
-                raise AsftError("the classifier screener needs a model: --classifier-model PATH")
             screeners.append(ClassifierScreener(config.classifier_model, threshold=config.classifier_threshold,
                                                 device=config.device))
         else:
             from asft.data.screening.guard import GuardScreener
 
-            if not config.guard_model:
-                raise AsftError("the guard screener needs a model: --guard-model PATH")
             screeners.append(GuardScreener(config.guard_model, device=config.device))
     if config.combine == "cascade":
         from asft.data.screening.cascade import Cascade

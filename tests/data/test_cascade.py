@@ -4,6 +4,8 @@ whose verdict is fixed) only the rows in the band between, and the report says h
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -40,9 +42,19 @@ def test_a_cascade_needs_the_encoder_first_then_a_judge_and_an_ordered_band():
     with pytest.raises(ValueError, match="combine=cascade needs screeners=\\[encoder, then classifier, guard or rules\\]"):
         config(screeners=["encoder"])
     with pytest.raises(ValueError, match="combine=cascade needs"):
-        config(screeners=["guard", "encoder"])
+        config(screeners=["guard", "encoder"], guard_model="g")
     with pytest.raises(ValueError, match="combine=cascade needs"):
-        config(screeners=["encoder", "guard"], encoder={"mode": "zero-shot"})
+        config(screeners=["encoder", "guard"], guard_model="g", encoder={"mode": "zero-shot"})
     with pytest.raises(ValueError, match="cascade_clear_below \\(0.5\\) must be below cascade_flag_above \\(0.4\\)"):
-        config(screeners=["encoder", "guard"], cascade_clear_below=0.5, cascade_flag_above=0.4)
-    assert config(screeners=["encoder", "classifier"]).cascade_flag_above == 0.99
+        config(screeners=["encoder", "guard"], guard_model="g", cascade_clear_below=0.5, cascade_flag_above=0.4)
+    assert config(screeners=["encoder", "classifier"], classifier_model="m").cascade_flag_above == 0.99
+    with pytest.raises(ValueError, match="the guard screener needs a model: --guard-model PATH"):
+        config(screeners=["encoder", "guard"])
+
+
+def test_a_model_screener_without_its_model_is_one_error_line_before_any_work(tmp_path):
+    write_jsonl(tmp_path / "d.jsonl", ROWS)
+    done = subprocess.run([sys.executable, "-m", "asft", "screen", "--data", str(tmp_path / "d.jsonl"), "--out",
+                           str(tmp_path / "o"), "screeners=[encoder,classifier]"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "the classifier screener needs a model: --classifier-model PATH" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
