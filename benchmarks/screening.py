@@ -2,9 +2,11 @@
 
 Sets: the asft-bench training files from ASFT_BENCH_DATA with their ``*.harmful.json`` ground
 truth (the "\\n\\nAssistant:" artefact is stripped from instructions first: a screener keying on
-it would learn nothing), and the held-out files in ``benchmarks/data/screening_holdout``
-(general-purpose instruction data and task mixtures with harm mixed in, written
-independently of every screener's data; never fit or calibrate on them). Arms: the default
+it would learn nothing), and the held-out files (never fit or calibrate on them):
+``benchmarks/data/screening_holdout`` (general-purpose instruction data and task mixtures with
+harm mixed in, written independently of every screener's data, read in every session since) and
+``benchmarks/data/screening_fresh`` (chat turns and instruction data, written blind on
+2026-12-07 and measured once the choices it would judge were made). Arms: the default
 encoder screener (tuned, behind its word prefilter, with its early exit), the same without the early exit, the
 transformer alone (neither), the zero-shot encoder, the rules, default + rules combined (any),
 the default calibrated at 3 % FPR on the file's own first 30 % (a user's labelled
@@ -29,8 +31,9 @@ from pathlib import Path
 TRAINING_FILES = ("SST2_1k_p_0.1", "agnews_1k_p_0.1", "gsm8k_1k_p_0.1", "gsm8k_1k_p_0")
 ARTEFACT = "\n\nAssistant:"
 
-HOLDOUT = Path(__file__).parent / "data" / "screening_holdout"  # written independently of any screener's data
-HOLDOUT_FILES = ("general", "tasks")
+HELD_OUT = {f"{folder}/{name}": Path(__file__).parent / "data" / f"screening_{folder}" / f"{name}.jsonl"
+            for folder, names in (("holdout", ("general", "tasks")), ("fresh", ("chat", "instructions")), ("fresh2", ("chat",)))
+            for name in names}  # written independently of any screener's data
 SAMPLE_SHARE = 0.3  # "your own labelled sample": the first 30 % of a file calibrates the threshold for the rest
 
 
@@ -45,11 +48,11 @@ def load(folder: Path, name: str):
     return records, [r.row_index in truth for r in data.rows]
 
 
-def load_holdout(name: str):
-    """Records and truth of a held-out file (``harmful`` column)."""
+def load_held_out(name: str):
+    """Records and truth of a held-out file (``harmful`` column), by its HELD_OUT name."""
     from asft.templates import Record
 
-    rows = [json.loads(line) for line in (HOLDOUT / f"{name}.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in HELD_OUT[name].read_text().splitlines()]
     return [Record(r["instruction"], r["input"], r["output"]) for r in rows], [r["harmful"] for r in rows]
 
 
@@ -129,7 +132,7 @@ def run(folder: Path | None) -> dict:
                  "zero-shot": EncoderScreener(), "rules": RulesScreener()}
     result = {"threads": torch.get_num_threads(), "encoder": encoder.describe(), "files": {}, "generalisation": {}}
     sets = [(name, *load(folder, name)) for name in TRAINING_FILES] if folder is not None else []
-    sets += [(f"holdout/{name}", *load_holdout(name)) for name in HOLDOUT_FILES]
+    sets += [(name, *load_held_out(name)) for name in HELD_OUT]
     for name, records, truth in sets:
         result["files"][name] = judged(arms(screeners, records, truth), truth)
     if folder is not None:
