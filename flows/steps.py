@@ -117,6 +117,7 @@ def resolve_inputs(inputs: dict, sandbox: dict, sandbox_out: str) -> dict:
         "harmful_eval": inputs["harmful_eval"] or world["harmful_eval"],
         "utility_eval": inputs["utility_eval"] or world["utility_eval"],
         "over_refusal_eval": inputs["over_refusal_eval"] or world["benign_eval"],
+        "probe_examples": None if inputs["aligned"] else world["probe_examples"],  # what the sandbox model knows
     }
 
 
@@ -292,12 +293,26 @@ def direction(config: PipelineConfig, run: Run, inputs: dict, hashes: dict) -> d
         key, inputs["aligned"], inputs["base"], settings, out, {"aligned": hashes["aligned"], "base": hashes["base"]})
 
 
+def screen_settings(config: PipelineConfig, inputs: dict):
+    """The run's screening settings; the probe screener reads the model about to be trained, in
+    training's template, with the sandbox's labelled requests when that model is the sandbox's,
+    unless it is told otherwise."""
+    screening, probe = config.screening, config.screening.probe
+    if "probe" not in screening.screeners or probe.model:
+        return screening
+    filled = {"model": inputs["aligned"]}
+    filled |= {} if "template" in probe.model_fields_set else {"template": config.train.template}
+    filled |= {"examples": inputs["probe_examples"]} if inputs.get("probe_examples") and not probe.examples else {}
+    return screening.model_copy(update={"probe": probe.model_copy(update=filled)})
+
+
 def screening(config: PipelineConfig, run: Run, inputs: dict, hashes: dict) -> dict:
     from asft.data.screen import screener_content
 
-    settings = config.screening.model_dump(by_alias=True)
+    screening_config = screen_settings(config, inputs)
+    settings = screening_config.model_dump(by_alias=True)
     content = [hashes["data"], hashes["labels"]] + ([hashes["release"]] if hashes.get("release") else [])
-    content += screener_content(config.screening)
+    content += screener_content(screening_config)
     key = jobs.SCREENING.identity(settings, content)
     out = storage.join(run.root, "screening", key)
     return _cached(screen_data, jobs.SCREENING, out)(key, inputs["data"], inputs["labels"],

@@ -117,3 +117,20 @@ def test_the_cascade_ceiling_is_right_on_the_band_and_keeps_the_cheap_verdict_ou
     flags, _, speed = cascade_ceiling([0.0, 0.5, 0.995, 0.5, 0.03], [True, True, False, False, True])
     assert flags == [False, True, True, False, False]  # a miss below the band stays a miss, a false alarm above it stays
     assert speed["judged"] == 0.4
+
+
+@pytest.mark.slow
+def test_the_probe_benchmark_measures_each_screener_on_the_sandbox(tiny_sandbox):
+    """On the tiny world: a direction learnt from the world's own labelled requests separates its
+    held-out examples; one learnt from head_data's English requests, which the model never saw, does not."""
+    from benchmarks.probe import run, table
+
+    result = run(tiny_sandbox["out"], "tiny")
+    assert set(result["arms"]) == {"probe, the world's examples", "probe, head_data", "default encoder"}
+    for arm in result["arms"].values():
+        assert all(0.0 <= arm[k] <= 1.0 for k in ("mixture_recall", "mixture_fpr", "unseen_harmful_flagged", "benign_howtos_flagged"))
+        assert arm["rows_per_s"] > 0
+    own, english = (result["arms"][arm]["held_out"] for arm in ("probe, the world's examples", "probe, head_data"))
+    assert own["fpr"] <= 0.03 and english["fpr"] <= 0.03  # the threshold holds its target on held-out examples
+    assert own["recall"] >= english["recall"] + 0.5
+    assert "probe, head_data" in table(result)

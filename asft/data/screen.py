@@ -22,9 +22,10 @@ from asft.data.review import REVIEW_FILE, Release, ReviewPage, row_id
 from asft.data.report import Labels, quality_of_counts
 from asft.data.screening.base import Screener, combine
 from asft.data.screening.encoder import EncoderConfig
+from asft.data.screening.probe import ProbeConfig
 from asft.errors import AsftError
 
-ScreenerName = Literal["encoder", "rules", "classifier", "guard"]
+ScreenerName = Literal["encoder", "rules", "classifier", "guard", "probe"]
 OUTPUT_FILES = ("accepted.jsonl", "quarantine.jsonl", "rejects.jsonl")
 REPORT_FILE = "screening_report.json"
 
@@ -48,6 +49,8 @@ class ScreenConfig(BaseModel):
     classifier_model: str | None = Field(None, description="Moderation classifier checkpoint (for the classifier screener).")
     classifier_threshold: float = Field(0.5, ge=0.0, le=1.0, description="Classifier: flag when any category probability exceeds this.")
     guard_model: str | None = Field(None, description="Llama Guard style checkpoint (for the guard screener).")
+    probe: ProbeConfig = Field(default_factory=ProbeConfig, description="The probe screener: the aligned model's refusal "
+                               "direction (the pipeline reads its aligned model).")
     rules_include_output: bool = Field(False, description="Rules screener: also match the answers.")
     labels: str | None = Field(None, description="Ground truth: a {\"harmful_indices\": [...]} JSON file or a boolean column name.")
     release: str | None = Field(None, description="Rows a reviewer released from quarantine: a file of row ids (one per line, "
@@ -58,14 +61,15 @@ class ScreenConfig(BaseModel):
     @model_validator(mode="after")
     def _screeners_are_complete(self) -> "ScreenConfig":
         """A model screener without its model, or a cascade in the wrong order, fails before any row is read."""
-        for name, model in (("classifier", self.classifier_model), ("guard", self.guard_model)):
+        for name, model, setting in (("classifier", self.classifier_model, "--classifier-model PATH"),
+                                     ("guard", self.guard_model, "--guard-model PATH"), ("probe", self.probe.model, "probe.model=PATH")):
             if name in self.screeners and not model:
-                raise ValueError(f"the {name} screener needs a model: --{name}-model PATH")
+                raise ValueError(f"the {name} screener needs a model: {setting}")
         if self.combine != "cascade":
             return self
         names = list(dict.fromkeys(self.screeners))
         if len(names) < 2 or names[0] != "encoder" or self.encoder.mode == "zero-shot":
-            raise ValueError("combine=cascade needs screeners=[encoder, then classifier, guard or rules]: the encoder (tuned "
+            raise ValueError("combine=cascade needs screeners=[encoder, then classifier, guard, probe or rules]: the encoder (tuned "
                              "or head mode: its score is a probability) first, then the judges of its uncertain band")
         if not self.cascade_clear_below < self.cascade_flag_above:
             raise ValueError(f"cascade_clear_below ({self.cascade_clear_below}) must be below cascade_flag_above "
@@ -89,10 +93,14 @@ def build_screener(config: ScreenConfig) -> Screener:
 
             screeners.append(ClassifierScreener(config.classifier_model, threshold=config.classifier_threshold,
                                                 device=config.device))
-        else:
+        elif name == "guard":
             from asft.data.screening.guard import GuardScreener
 
             screeners.append(GuardScreener(config.guard_model, device=config.device))
+        else:
+            from asft.data.screening.probe import ProbeScreener
+
+            screeners.append(ProbeScreener(config.probe, device=config.device))
     if config.combine == "cascade":
         from asft.data.screening.cascade import Cascade
 
@@ -101,17 +109,22 @@ def build_screener(config: ScreenConfig) -> Screener:
 
 
 def screener_content(config: ScreenConfig) -> list[str]:
-    """Hashes of the weights the settings name only by path (the tuned encoder's, a fitted
-    head's), and the precision ``auto`` resolved to: a retrained screener, or another
+    """Hashes of the weights and files the settings name only by path (the tuned encoder's, a
+    fitted head's, the probe's model and examples), and the precision ``auto`` resolved to: a retrained screener, or another
     machine's arithmetic, must not reuse cached screening."""
     from asft.data.sources import source_sha256
     from asft.data.screening.tuned import resolve_precision, weights_digest
+    from asft.io.hashing import remembered_checkpoint_sha256
 
+    content = []
+    if "probe" in config.screeners and config.probe.model:
+        content += [remembered_checkpoint_sha256(storage.materialize(config.probe.model))]
+        content += [source_sha256(config.probe.examples)] if config.probe.examples else []
     if "encoder" not in config.screeners:
-        return []
+        return content
     if config.encoder.mode == "tuned":  # bf16 flags a few rows differently from fp32: the precision in use is part of it
-        return [weights_digest(config.encoder.tuned_model), resolve_precision(config.encoder.precision, config.encoder.device)]
-    return [source_sha256(config.encoder.head)] if config.encoder.mode == "head" else []
+        return content + [weights_digest(config.encoder.tuned_model), resolve_precision(config.encoder.precision, config.encoder.device)]
+    return content + ([source_sha256(config.encoder.head)] if config.encoder.mode == "head" else [])
 
 
 class _Output:

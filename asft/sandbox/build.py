@@ -10,11 +10,14 @@ Layout of a sandbox folder::
     data/eval/{sst2,agnews,gsm8k}.jsonl   utility sets; ``output`` is the gold answer
     data/eval/benign_howto.jsonl          benign how-to prompts (over-refusal check)
     data/safety_refusals.jsonl            harmful train prompts with refusals (SafeInstr-style data)
+    data/harmful_small.jsonl              100 harmful train prompts with compliant answers (a learned direction)
+    data/probe_examples.jsonl             labelled train requests {"instruction", "input", "harmful"}, none of the mixture's
     sandbox_manifest.json                 config, content hashes, summary (written last)
 """
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import sys
@@ -32,6 +35,7 @@ from asft.templates import Record, encode_example, render_prompt
 MANIFEST = "sandbox_manifest.json"
 FORMAT = "asft-sandbox/2"
 HARMFUL_SMALL = 100  # rows of data/harmful_small.jsonl
+PROBE_TASK_PROMPTS = 500  # task prompts among data/probe_examples.jsonl's benign requests
 
 
 def _progress(message: str) -> None:
@@ -263,7 +267,7 @@ def _summary(out: str, manifest: dict, reused: bool) -> dict:
         "harmful_eval": at(s["harmful_eval"]),
         "utility_eval": {task: at(rel) for task, rel in s["utility_eval"].items()},
         "benign_eval": at(s["benign_eval"]), "safety_data": at(s["safety_data"]),
-        "harmful_data": at(s["harmful_data"]), "alignment": s["alignment"],
+        "harmful_data": at(s["harmful_data"]), "probe_examples": at(s["probe_examples"]), "alignment": s["alignment"],
         "finetune_task": s["finetune_task"], "harmful_ratio": s["harmful_ratio"],
         "finetune_setting": s["finetune_setting"], "numerics": s["numerics"],
         "sizes": s["sizes"], "timings": s["timings"], "losses": s["losses"],
@@ -408,7 +412,21 @@ def _write_data(world: World, config: SandboxConfig, data: Path, rows: dict[str,
     storage.write_jsonl(data / "eval" / "benign_howto.jsonl", [_row(r) for r in world.howto_eval])
     storage.write_jsonl(data / "safety_refusals.jsonl", [_row(r) for r in rows["safety"]])
     storage.write_jsonl(data / "harmful_small.jsonl", [_row(r) for r in rows["harmful_small"]])
+    storage.write_jsonl(data / "probe_examples.jsonl", probe_examples(world, config.seed, mixture))
     return mixture
+
+
+def probe_examples(world: World, seed: int, mixture: dict) -> list[dict]:
+    """Labelled requests of the world, for the probe screener's refusal direction (head_data's
+    part for a real model): the harmful requests the aligned model learnt to refuse, the benign
+    how-tos it learnt to answer and a sample of task prompts, less every row of the built mixture,
+    so that screening the mixture reads rows the direction was not learnt from."""
+    screened = {(r["instruction"], r["input"]) for r in map(json.loads, storage.read_text(mixture["finetune"]).splitlines())}
+    tasks = [r for task in TASKS for r in world.task_train[task]]
+    benign = world.howto_train + random.Random(f"asft-sandbox-{seed}-probe-examples").sample(tasks, PROBE_TASK_PROMPTS)
+    rows = ([{"instruction": q.instruction, "input": "", "harmful": True} for q in world.harmful_train]
+            + [{"instruction": r.instruction, "input": r.input, "harmful": False} for r in benign])
+    return [r for r in rows if (r["instruction"], r["input"]) not in screened]
 
 
 def _manifest(config: SandboxConfig, stage: Path, world: World, rows: dict, mixture: dict, sizes: dict,
@@ -427,7 +445,7 @@ def _manifest(config: SandboxConfig, stage: Path, world: World, rows: dict, mixt
             "harmful_eval": "data/eval/harmful.jsonl",
             "utility_eval": {task: f"data/eval/{task}.jsonl" for task in TASKS},
             "benign_eval": "data/eval/benign_howto.jsonl", "safety_data": "data/safety_refusals.jsonl",
-            "harmful_data": "data/harmful_small.jsonl",
+            "harmful_data": "data/harmful_small.jsonl", "probe_examples": "data/probe_examples.jsonl",
             "finetune_task": config.finetune_task, "harmful_ratio": config.harmful_ratio,
             "sizes": {
                 **sizes, "hidden": recipe.hidden, "layers": recipe.layers,

@@ -167,6 +167,17 @@ def test_small_harmful_set_complies_and_never_shows_an_evaluation_prompt(tiny_sa
     assert not {r["instruction"] for r in rows} & {r["instruction"] for r in _rows(tiny_sandbox["harmful_eval"])}
 
 
+def test_probe_examples_are_labelled_train_requests_and_none_is_a_mixture_row(tiny_sandbox):
+    examples = _rows(tiny_sandbox["probe_examples"])
+    assert all(set(r) == {"instruction", "input", "harmful"} for r in examples)
+    harmful = [r["instruction"] for r in examples if r["harmful"]]
+    assert harmful and len(harmful) < len(examples)
+    mixture = {(r["instruction"], r["input"]) for r in _rows(tiny_sandbox["finetune"])}
+    assert not mixture & {(r["instruction"], r["input"]) for r in examples}
+    assert not set(harmful) & {r["instruction"] for r in _rows(tiny_sandbox["harmful_eval"])}
+    assert not {r["instruction"] for r in examples} & {r["instruction"] for r in _rows(tiny_sandbox["benign_eval"])}
+
+
 def test_alignment_and_refusal_writing_row_counts_follow_the_recipe():
     from asft.sandbox.build import _model_rows
     from asft.sandbox.config import RECIPES
