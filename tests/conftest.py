@@ -20,7 +20,7 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="asft-prefect-home-"))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("ASFT_CACHE_DIR", tempfile.mkdtemp(prefix="asft-cache-"))
-# the default screener is tuned once per machine (about 19 min), shared by every test worker
+# the default screener is tuned once per machine (about 20 min), shared by every test worker
 os.environ.setdefault("ASFT_SCREENER_CACHE", os.path.join(tempfile.gettempdir(), "asft-tuned-screener"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # The sandbox's calibrated CPU kernels for the whole session, before torch starts: the tiny

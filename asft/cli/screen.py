@@ -123,7 +123,7 @@ def tune(
     target_fpr: float = typer.Option(0.03, "--target-fpr", min=0.001, max=0.5, help="Share of held-out benign rows the threshold flags"),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Fine-tune all-MiniLM-L6-v2 as the encoder screener (about 19 min on two CPU cores for the
+    """Fine-tune all-MiniLM-L6-v2 as the encoder screener (about 20 min on two CPU cores for the
     shipped set); use it with --screener-model OUT. A fifth of the rows sets the threshold."""
     from asft.data.screening.tuned import TuneSettings, shipped_training_set
     from asft.data.screening.tuned import tune as tune_screener

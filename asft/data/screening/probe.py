@@ -7,7 +7,7 @@ token, over labelled harmful and benign requests. A request scores its projectio
 direction. The requests are rendered in the template training uses, so the probe reads what the
 model will read; no weights beyond the model being trained, and it runs where training runs.
 
-The labelled requests (``examples``; default: the 2867 of ``head_data``) are split three ways:
+The labelled requests (``examples``; default: the requests of ``head_data``) are split three ways:
 the direction is the difference of means on most of them, the layer is the one whose direction
 separates a second share best (recall at the target FPR), and the threshold is set at the target
 FPR on a held-out share that chose nothing; the report prints that operating point.
@@ -36,7 +36,7 @@ class ProbeConfig(FormModel):
     model: str | None = Field(None, description="The aligned checkpoint to read (HF folder, safetensors). The pipeline "
                               "uses its aligned model when this is empty.")
     examples: str | None = Field(None, description="Labelled requests the direction is learnt from: JSONL with "
-                                 "instruction, input and a boolean harmful. Empty: head_data, the 2867 requests asft ships.")
+                                 "instruction, input and a boolean harmful. Empty: head_data, the labelled requests asft ships.")
     layer: int | None = Field(None, ge=1, description="Hidden layer read (1 = after the first block). Empty: the layer "
                               "whose direction separates held-out examples best.")
     template: TemplateName = Field("auto", description="Prompt template, as in training: auto is the tokenizer's chat "

@@ -386,7 +386,7 @@ def built_once(root: Path, records: list[Record], labels: np.ndarray, settings: 
     with storage.build_lock(folder):
         if not (folder / TUNED_CONFIG).exists():
             progress(f"the default screener is not built on this machine yet: tuning it on head_data into {folder} "
-                     "(about 19 min on two CPU cores, once)")
+                     "(about 20 min on two CPU cores, once)")
             tune(records, labels, str(folder), settings, progress, kinds)
     return folder
 
