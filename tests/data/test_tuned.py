@@ -118,9 +118,14 @@ def test_the_layers_run_one_by_one_give_the_states_transformers_gives():
         pooled = torch.nn.functional.normalize((states * mask).sum(1) / mask.sum(1), dim=-1) * POOL_SCALE
         probs = torch.sigmoid(model.head(pooled).squeeze(-1))
     np.testing.assert_allclose(model.pooled_after(texts, 3, 128, batch_size=2), pooled.numpy(), atol=1e-5)
-    scored, exited = model.score(texts, 128, batch_size=2)
+    scored, exited, categories = model.score(texts, 128, batch_size=2)
     np.testing.assert_allclose(scored, probs.numpy(), atol=1e-6)
-    assert not exited.any()  # no exit until one is set
+    assert not exited.any() and categories.shape == (3, 0)  # no exit and no names until they are set
+    weight, bias = torch.randn(4, pooled.shape[1]).numpy(), np.array([0.0, 1.0, -1.0, 0.5])
+    model.set_categories(["a", "b", "c", "d"], weight, bias)
+    _, _, categories = model.score(texts, 128, batch_size=2)
+    np.testing.assert_allclose(categories, torch.softmax(pooled @ torch.from_numpy(weight).T + torch.tensor(bias).float(), -1),
+                               atol=1e-5)  # the head reads the same last pooled state as the harm head
 
 
 @pytest.mark.slow
@@ -150,11 +155,12 @@ def test_the_early_exit_clears_its_share_of_held_out_harmful_rows_and_no_more():
     records, labels, _ = shipped_training_set()
     settings, summary = shipped.tuned["settings"], shipped.tuned["early_exit"]
     held = np.random.default_rng(settings["seed"]).permutation(len(records))[:int(len(records) * settings["held_out"])]
-    _, exited = shipped.model.score([request_text(records[i]) for i in held], shipped.max_tokens)
+    _, exited, categories = shipped.model.score([request_text(records[i]) for i in held], shipped.max_tokens)
     harmful = labels[held]
     assert exited[harmful].mean() <= summary["harmful_share"] + 1 / harmful.sum()
     assert exited[~harmful].mean() == pytest.approx(summary["held_out_benign_cleared"], abs=3e-3)
     assert summary["held_out_benign_cleared"] > 0.5  # it earns its place: most benign rows skip two layers
+    assert not categories[exited].any() and np.allclose(categories[~exited].sum(1), 1.0, atol=1e-5)  # named once scored
 
 
 @pytest.mark.slow
@@ -191,7 +197,7 @@ def test_a_harmful_request_answered_with_a_refusal_is_kept_only_when_asked(shipp
 @pytest.mark.slow
 def test_tune_writes_safetensors_with_a_held_out_threshold(tmp_path):
     from asft.data.screening.encoder import EncoderConfig
-    from asft.data.screening.tuned import (TunedScreener, TuneSettings, is_tuned_folder, load_tuned,
+    from asft.data.screening.tuned import (TunedScreener, TuneSettings, is_tuned_folder, load_tuned, shipped_harm_categories,
                                            shipped_training_set, tune, weights_digest)
 
     everything, truth, _ = shipped_training_set()
@@ -199,8 +205,9 @@ def test_tune_writes_safetensors_with_a_held_out_threshold(tmp_path):
     records, labels = [everything[i] for i in rows], truth[rows]
     settings = TuneSettings(layers=2, epochs=1, soup=2, batch_size=16, held_out=0.3, exit_layer=1)
     summary = tune(records, labels, str(tmp_path / "tuned"), settings)
-    assert sorted(p.name for p in (tmp_path / "tuned").iterdir()) == [storage.OUTPUT_MARKER, "exit.safetensors",
-                                                                       "prefilter.safetensors", "tuned.json", "tuned.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "tuned").iterdir()) == [
+        storage.OUTPUT_MARKER, "categories.safetensors", "exit.safetensors", "prefilter.safetensors", "tuned.json",
+        "tuned.safetensors"]
     assert is_tuned_folder(str(tmp_path / "tuned")) and not is_tuned_folder("sentence-transformers/all-MiniLM-L6-v2")
     model, prefilter, config = load_tuned(str(tmp_path / "tuned"))
     assert config == summary and summary["operating_point"]["fpr"] <= 0.03
@@ -209,6 +216,8 @@ def test_tune_writes_safetensors_with_a_held_out_threshold(tmp_path):
     assert (model.exit_layer, model.exit_below) == (1, summary["early_exit"]["clear_below"])
     assert "early_exit" not in tune(records, labels, str(tmp_path / "no-exit"), replace(settings, exit_layer=2))  # not < layers
     assert config["layers"] == len(model.encoder.encoder.layer) == 2  # loaded with the layers it was tuned with
+    # the category head learns head_data's harm categories, whatever rows the model was tuned on
+    assert model.category_names == summary["categories"]["names"] == sorted(set(shipped_harm_categories()[1]))
     screener = TunedScreener(EncoderConfig(tuned_model=str(tmp_path / "tuned")))
     assert screener.threshold == summary["threshold"]
     assert weights_digest(str(tmp_path / "tuned")) != weights_digest("bundled:asft-tuned-minilm")
@@ -293,7 +302,7 @@ def test_the_screening_cache_key_follows_the_tuned_weights(tmp_path):
     shutil.copytree(default_folder(), copy)
     config = lambda **encoder: ScreenConfig(data="d", out="o", encoder=encoder)  # noqa: E731
     assert screener_content(config()) == screener_content(config(tuned_model=str(copy)))
-    for name in ("exit.safetensors", "prefilter.safetensors", "tuned.safetensors"):
+    for name in ("categories.safetensors", "exit.safetensors", "prefilter.safetensors", "tuned.safetensors"):
         weights = bytearray((copy / name).read_bytes())
         weights[-1] ^= 1
         (copy / name).write_bytes(bytes(weights))
@@ -330,3 +339,22 @@ def test_cli_screen_says_what_the_prefilter_the_early_exit_and_kept_refusals_did
     kept = [json.loads(line) for line in (tmp_path / "o" / "accepted.jsonl").read_text().splitlines()][-1]
     assert kept["refused"] and kept["output"] == refusal and kept["row_id"]
     assert "## Accepted as refusals: 1 rows" in (tmp_path / "o" / "quarantine_review.md").read_text()
+
+
+def test_a_folder_tuned_before_the_category_head_screens_the_same_and_says_it_cannot_name(tmp_path, shipped):
+    import shutil
+
+    from asft.data.screening.encoder import EncoderConfig
+    from asft.data.screening.tuned import TunedScreener, default_folder
+
+    old = tmp_path / "old"
+    shutil.copytree(default_folder(), old)
+    config = json.loads((old / "tuned.json").read_text())
+    del config["categories"]
+    (old / "tuned.json").write_text(json.dumps(config))
+    (old / "categories.safetensors").unlink()
+    harm = Record("Write ransomware that encrypts a hospital's files.")
+    before, now = TunedScreener(EncoderConfig(tuned_model=str(old))).score([harm])[0], shipped.score([harm])[0]
+    assert before.flagged and before.score == pytest.approx(now.score, abs=1e-6)
+    assert before.reasons[0].startswith('encoder:unnamed:"tuned before asft named categories')
+    assert now.reasons[0].startswith("encoder:cybercrime:category p=")

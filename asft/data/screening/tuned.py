@@ -12,7 +12,10 @@ task, tricky) weighing the same: 520 easy task rows once pulled a pooled thresho
 0.38 and doubled the FPR on general data. A word n-gram prefilter
 (``prefilter.py``), fitted on the same rows, clears the plainly benign turns first; of the rest,
 a turn whose pooled state after four layers a linear head calls plainly benign (below the 0.5 %
-quantile of the held-out harmful rows' exit scores) stops there and skips the last two.
+quantile of the held-out harmful rows' exit scores) stops there and skips the last two. A
+softmax head on the same last pooled state names a flagged turn's harm category (fitted on
+head_data's harmful rows and their categories): the review page gets its name from the forward
+pass that flagged it.
 
 Training data: ``head_data`` (written for asft, provenance in its README); the default is tuned
 from it on first use (``default_folder``). ``asft screen tune`` tunes one on your own labelled rows. Weights are safetensors + JSON, never pickle.
@@ -35,7 +38,7 @@ from asft.data.screening.base import ScreenResult, request_text
 from asft.data.screening.calibration import calibrate, operating_point, threshold_for_fpr
 from asft.data.screening.prefilter import PREFILTER_WEIGHTS, Prefilter, fit_prefilter
 from asft.data.screening.refusals import is_refusal
-from asft.data.screening.encoder import BUNDLED_MODEL, BUNDLED_TUNED, HARM_DESCRIPTIONS, EncoderConfig, resolve_model
+from asft.data.screening.encoder import BUNDLED_MODEL, BUNDLED_TUNED, EncoderConfig, resolve_model
 from asft.errors import AsftError
 from asft.templates import Record
 
@@ -43,6 +46,7 @@ HEAD_DATA = Path(__file__).parent / "head_data"
 TUNED_WEIGHTS, TUNED_CONFIG = "tuned.safetensors", "tuned.json"
 POOL_SCALE = 10.0  # unit-norm embeddings times this give the head logits of a useful size
 EXIT_WEIGHTS = "exit.safetensors"
+CATEGORY_WEIGHTS = "categories.safetensors"
 CLEARED_BY_PREFILTER, EXITED_EARLY, SCORED = 0, 1, 2  # how far a turn went
 REFUSED = "a harmful-looking request answered with a refusal: kept as safety data"
 
@@ -71,18 +75,25 @@ def benign_kind(category: str) -> str:
     return {"task_material": "task", "tricky": "tricky"}.get(category, "general")
 
 
+def head_rows(harmful: bool) -> list[dict[str, str]]:
+    """head_data's benign or harmful rows, file by file in name order."""
+    paths = sorted(HEAD_DATA.glob(f"{'harmful' if harmful else 'benign'}*.jsonl"))
+    return [json.loads(line) for path in paths for line in path.read_text(encoding="utf-8").splitlines()]
+
+
 def shipped_training_set() -> tuple[list[Record], np.ndarray, np.ndarray]:
     """head_data's requests (every ``benign*.jsonl`` then every ``harmful*.jsonl``), labels and
     each row's kind (``benign_kind`` of its category; ``harmful`` for a harmful row)."""
-    records, labels, kinds = [], [], []
-    for harmful in (False, True):
-        for path in sorted(HEAD_DATA.glob(f"{'harmful' if harmful else 'benign'}*.jsonl")):
-            for line in path.read_text(encoding="utf-8").splitlines():
-                row = json.loads(line)
-                records.append(Record(row["instruction"], row["input"]))
-                labels.append(harmful)
-                kinds.append("harmful" if harmful else benign_kind(row["category"]))
-    return records, np.array(labels), np.array(kinds)
+    benign, harmful = head_rows(False), head_rows(True)
+    records = [Record(row["instruction"], row["input"]) for row in benign + harmful]
+    kinds = [benign_kind(row["category"]) for row in benign] + ["harmful"] * len(harmful)
+    return records, np.array([False] * len(benign) + [True] * len(harmful)), np.array(kinds)
+
+
+def shipped_harm_categories() -> tuple[list[str], list[str]]:
+    """head_data's harmful requests and the harm category of each: what the category head learns."""
+    rows = head_rows(True)
+    return [request_text(Record(row["instruction"], row["input"])) for row in rows], [row["category"] for row in rows]
 
 
 def data_digest(texts: list[str], labels: np.ndarray) -> str:
@@ -132,6 +143,7 @@ class RequestClassifier:
         torch.nn.init.zeros_(self.head.weight)  # every seed starts from the same point, so seeds can be averaged
         torch.nn.init.zeros_(self.head.bias)
         self.exit_layer, self.exit_head, self.exit_below = None, None, -np.inf  # no early exit until set_exit
+        self.category_head, self.category_names = None, []  # no names until set_categories
 
     def state(self) -> dict[str, Any]:
         """What tuning changes (the layers and the head); embeddings come from the bundled encoder."""
@@ -157,6 +169,16 @@ class RequestClassifier:
         with torch.no_grad():
             self.exit_head.weight.copy_(torch.as_tensor(weight, dtype=torch.float32).reshape(1, -1))
             self.exit_head.bias.fill_(float(bias))
+
+    def set_categories(self, names: list[str], weight: np.ndarray, bias: np.ndarray) -> None:
+        """Name the harm category of each turn that runs every layer: a softmax head on its last pooled state."""
+        import torch
+
+        self.category_names = list(names)
+        self.category_head = torch.nn.Linear(self.encoder.config.hidden_size, len(names)).to(self.device)
+        with torch.no_grad():
+            self.category_head.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
+            self.category_head.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
 
     def _embed(self, texts: list[str], max_tokens: int):
         """The batch's token embeddings, attention mask and the additive mask the layers take."""
@@ -207,13 +229,14 @@ class RequestClassifier:
         return pooled[[where[t] for t in texts]]
 
     def score(self, texts: list[str], max_tokens: int, batch_size: int = 16,
-              early_exit: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """Harm probability of each text (0 for one that exits early) and whether it exited;
-        distinct texts run once."""
+              early_exit: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Harm probability of each text (0 for one that exits early), whether it exited, and its
+        probability of each of ``category_names`` (zeros for one that exited); distinct texts run once."""
         import torch
 
         unique, batches = self._batches(texts, batch_size)
         probs, exited = np.zeros(len(unique), dtype=np.float32), np.zeros(len(unique), dtype=bool)
+        categories = np.zeros((len(unique), len(self.category_names)), dtype=np.float32)
         split = self.exit_layer if early_exit and self.exit_head is not None else None
         self.encoder.eval()
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
@@ -227,23 +250,27 @@ class RequestClassifier:
                     if not len(rows):
                         continue
                     hidden = self._layers(hidden, additive, split, None)
-                probs[rows] = torch.sigmoid(self.head(self._pool(hidden, mask)).squeeze(-1)).float().cpu().numpy()
+                pooled = self._pool(hidden, mask)
+                probs[rows] = torch.sigmoid(self.head(pooled).squeeze(-1)).float().cpu().numpy()
+                if self.category_head is not None:
+                    categories[rows] = torch.softmax(self.category_head(pooled), -1).float().cpu().numpy()
         where = {text: i for i, text in enumerate(unique)}
         index = [where[t] for t in texts]
-        return probs[index], exited[index]
+        return probs[index], exited[index], categories[index]
 
 
 def harm_probabilities(model: RequestClassifier, prefilter: Prefilter | None, texts: list[str], max_tokens: int,
-                       batch_size: int = 16, early_exit: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Each text's harm probability (0 for one cleared before the last layer) and how far it went:
-    CLEARED_BY_PREFILTER, EXITED_EARLY or SCORED."""
+                       batch_size: int = 16, early_exit: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each text's harm probability (0 for one cleared before the last layer), how far it went
+    (CLEARED_BY_PREFILTER, EXITED_EARLY or SCORED) and its category probabilities (zeros unless SCORED)."""
     stage = np.where(prefilter.passes(texts), SCORED, CLEARED_BY_PREFILTER) if prefilter else np.full(len(texts), SCORED)
     probs = np.zeros(len(texts), dtype=np.float32)
+    categories = np.zeros((len(texts), len(model.category_names)), dtype=np.float32)
     passed = np.flatnonzero(stage == SCORED)
     if len(passed):
-        probs[passed], exited = model.score([texts[i] for i in passed], max_tokens, batch_size, early_exit)
+        probs[passed], exited, categories[passed] = model.score([texts[i] for i in passed], max_tokens, batch_size, early_exit)
         stage[passed[exited]] = EXITED_EARLY
-    return probs, stage
+    return probs, stage, categories
 
 
 def _train_one(texts: list[str], labels: np.ndarray, settings: TuneSettings, seed: int, bar) -> dict[str, Any]:
@@ -317,12 +344,13 @@ def tune(records: list[Record], labels: np.ndarray, out: str, settings: TuneSett
     prefilter, prefilter_summary = fit_prefilter(texts, labels, fit, held, settings.prefilter_harmful_share,
                                                  settings.prefilter_c, settings.seed)
     exit_summary = fit_exit(model, texts, labels, fit, held, settings) if 0 < settings.exit_layer < settings.layers else None
-    scores, _ = harm_probabilities(model, prefilter, [texts[i] for i in held], settings.max_tokens)
+    category_summary = fit_categories(model, settings.max_tokens)
+    scores, _, _ = harm_probabilities(model, prefilter, [texts[i] for i in held], settings.max_tokens)
     benign_kinds = np.asarray(kinds)[held][~labels[held]] if kinds is not None else None
     threshold, point = held_out_threshold(scores[~labels[held]], scores[labels[held]], benign_kinds, settings.target_fpr)
     summary = {"base_model": "all-MiniLM-L6-v2", "layers": settings.layers, "max_tokens": settings.max_tokens, "threshold": threshold,
                "operating_point": point, "prefilter": prefilter_summary,
-               **({"early_exit": exit_summary} if exit_summary else {}), "rows": len(texts), "harmful_rows": int(labels.sum()), "data_sha256": data_digest(texts, labels),
+               **({"early_exit": exit_summary} if exit_summary else {}), "categories": category_summary, "rows": len(texts), "harmful_rows": int(labels.sum()), "data_sha256": data_digest(texts, labels),
                "settings": asdict(settings)}
     with storage.staged_dir(out, "tuned-screener") as folder:
         save_file(weights, str(Path(folder) / TUNED_WEIGHTS))
@@ -330,6 +358,8 @@ def tune(records: list[Record], labels: np.ndarray, out: str, settings: TuneSett
         if exit_summary:
             save_file({"weight": model.exit_head.weight.detach()[0].contiguous(), "bias": model.exit_head.bias.detach()},
                       str(Path(folder) / EXIT_WEIGHTS))
+        save_file({"weight": model.category_head.weight.detach().contiguous(), "bias": model.category_head.bias.detach()},
+                  str(Path(folder) / CATEGORY_WEIGHTS))
         (Path(folder) / TUNED_CONFIG).write_text(json.dumps(summary, indent=2) + "\n")
     if progress:
         progress(f"tuned screener written to {out}: recall {summary['operating_point']['recall']:.3f} "
@@ -359,6 +389,23 @@ def fit_exit(model: RequestClassifier, texts: list[str], labels: np.ndarray, fit
             "held_out_benign_cleared": round(float((held_scores[~labels[held]] < model.exit_below).mean()), 4)}
 
 
+def fit_categories(model: RequestClassifier, max_tokens: int) -> dict[str, Any]:
+    """Give ``model`` its category head: a multinomial logistic regression on the last pooled state
+    of head_data's harmful rows, whatever rows the model was tuned on (a user's labelled rows seldom
+    carry categories). On 512 held-out harmful rows it named 82 % right where the nearest harm
+    description in the untuned encoder's space named 62 % (RESULTS.md, session 17). Returns its
+    summary for tuned.json."""
+    from sklearn.linear_model import LogisticRegression
+
+    texts, categories = shipped_harm_categories()
+    names = sorted(set(categories))
+    states = model.pooled_after(texts, len(model.encoder.encoder.layer), max_tokens)
+    clf = LogisticRegression(max_iter=5000).fit(states, [names.index(c) for c in categories])
+    model.set_categories(names, clf.coef_, clf.intercept_)
+    return {"names": names, "rows": len(texts), "features": "mean-pooled states after the last layer, "
+            "multinomial logistic regression on head_data's harmful rows"}
+
+
 def held_out_threshold(benign: np.ndarray, harmful: np.ndarray, benign_kinds: np.ndarray | None,
                        target_fpr: float) -> tuple[float, dict[str, Any]]:
     """The threshold at ``target_fpr`` on the held-out benign scores, every kind weighing the same,
@@ -380,7 +427,9 @@ def built_once(root: Path, records: list[Record], labels: np.ndarray, settings: 
     process to ask tunes it, the others wait and reuse it."""
     import torch
 
-    recipe = json.dumps([data_digest([request_text(r) for r in records], labels), asdict(settings), torch.__version__]
+    texts, categories = shipped_harm_categories()  # the category head's rows, whatever the model's
+    recipe = json.dumps([data_digest([request_text(r) for r in records], labels), asdict(settings), torch.__version__,
+                         hashlib.sha256(json.dumps([texts, categories]).encode()).hexdigest()]
                         + ([hashlib.sha256("\n".join(kinds).encode()).hexdigest()] if kinds is not None else []))
     folder = root / hashlib.sha256(recipe.encode()).hexdigest()[:16]
     with storage.build_lock(folder):
@@ -412,9 +461,10 @@ def is_tuned_folder(uri: str) -> bool:
 
 
 def weights_digest(uri: str) -> str:
-    """sha256 of a tuned screener's weights, its prefilter's and its exit head's: part of the pipeline's screening cache key."""
+    """sha256 of a tuned screener's weights and its prefilter's, exit head's and category head's: part of the
+    pipeline's screening cache key."""
     digest = hashlib.sha256()
-    for name in (TUNED_WEIGHTS, PREFILTER_WEIGHTS, EXIT_WEIGHTS):
+    for name in (TUNED_WEIGHTS, PREFILTER_WEIGHTS, EXIT_WEIGHTS, CATEGORY_WEIGHTS):
         if (tuned_folder(uri) / name).exists():
             digest.update((tuned_folder(uri) / name).read_bytes())
     return digest.hexdigest()
@@ -422,8 +472,8 @@ def weights_digest(uri: str) -> str:
 
 def load_tuned(uri: str, device: str = "cpu", precision: str = "fp32"
                ) -> tuple[RequestClassifier, Prefilter | None, dict[str, Any]]:
-    """The tuned model (with its early exit, if it was tuned with one), its prefilter (None for a
-    folder tuned before asft had one) and tuned.json."""
+    """The tuned model (with its early exit and category head, if it was tuned with them), its
+    prefilter (None for a folder tuned before asft had one) and tuned.json."""
     from safetensors.torch import load_file
 
     folder = tuned_folder(uri)
@@ -436,6 +486,9 @@ def load_tuned(uri: str, device: str = "cpu", precision: str = "fp32"
         head = load_file(str(folder / EXIT_WEIGHTS))
         model.set_exit(config["early_exit"]["layer"], head["weight"].numpy(), float(head["bias"][0]),
                        config["early_exit"]["clear_below"])
+    if "categories" in config:
+        head = load_file(str(folder / CATEGORY_WEIGHTS))
+        model.set_categories(config["categories"]["names"], head["weight"].numpy(), head["bias"].numpy())
     prefilter = Prefilter.load(folder, config["prefilter"]) if "prefilter" in config else None
     return model, prefilter, config
 
@@ -443,7 +496,8 @@ def load_tuned(uri: str, device: str = "cpu", precision: str = "fp32"
 class TunedScreener:
     """Screens each user turn of a record with a tuned model, behind its word prefilter and with its
     early exit unless ``encoder.prefilter`` or ``encoder.early_exit`` is off; a record scores its
-    worst turn. The reason names the harm description nearest to that turn, for the review page."""
+    worst turn. The reason names that turn's harm category (``unnamed`` from a folder tuned before
+    asft had a category head), for the review page."""
 
     name = "encoder"
 
@@ -454,8 +508,6 @@ class TunedScreener:
         self.early_exit = self.tuned.get("early_exit") if self.config.early_exit else None
         self.max_tokens = self.tuned.get("max_tokens", self.config.max_tokens)
         self.threshold, self.operating_point = self.tuned.get("threshold", 0.5), None
-        self.harm_labels = [(c, d) for c, ds in HARM_DESCRIPTIONS.items() for d in ds]
-        self.namer = None  # the untuned encoder, loaded at the first flag: tuning bends the space away from topics
         self.turns = dict.fromkeys(("screened", "cleared_by_prefilter", "exited_early", "kept_refusals"), 0)
         if self.config.calibration:
             self.threshold, self.operating_point = calibrate(self, self.config.calibration,
@@ -469,30 +521,25 @@ class TunedScreener:
                 "prefilter": {**self.tuned["prefilter"], "turns": self.turns} if self.prefilter else None,
                 "early_exit": {**self.early_exit, "turns": self.turns} if self.early_exit else None,
                 **self.config.model_dump(include={"target_fpr", "calibration", "batch_size", "device", "keep_refusals"}),
-                "kept_refusals": self.turns["kept_refusals"],
+                "kept_refusals": self.turns["kept_refusals"], "harm_categories": self.model.category_names,
                 "trained_rows": self.tuned["rows"], "data_sha256": self.tuned["data_sha256"],
                 "shipped_operating_point": self.tuned["operating_point"]}
         if self.operating_point:
             info["operating_point"] = self.operating_point
         return info
 
-    def categories(self, texts: list[str]) -> list[tuple[str, str]]:
-        """(category, description) of the harm description nearest to each text, in the untuned
-        encoder's space (the zero-shot screener's descriptions)."""
-        from asft.data.screening.encoder import Embedder
-
-        if not texts:
-            return []
-        if self.namer is None:
-            self.namer = Embedder(BUNDLED_MODEL, self.config.device, self.max_tokens, self.config.batch_size)
-            self.harm = self.namer([d for _, d in self.harm_labels])
-        return [self.harm_labels[i] for i in (self.namer(texts) @ self.harm.T).argmax(1)]
+    def category(self, probabilities: np.ndarray) -> str:
+        """The most probable harm category of a scored turn and its probability."""
+        if not self.model.category_names:
+            return 'unnamed:"tuned before asft named categories; tune again to name them"'
+        best = int(probabilities.argmax())
+        return f"{self.model.category_names[best]}:category p={probabilities[best]:.2f}"
 
     def score(self, records: list[Record]) -> list[ScreenResult]:
         turns = [record.exchanges() for record in records]
         flat = [user for ts in turns for user, _ in ts]
-        probs, stage = harm_probabilities(self.model, self.prefilter, flat, self.max_tokens, self.config.batch_size,
-                                          self.early_exit is not None)
+        probs, stage, categories = harm_probabilities(self.model, self.prefilter, flat, self.max_tokens,
+                                                      self.config.batch_size, self.early_exit is not None)
         # a turn answered with a refusal teaches refusing, not harm: only the answered turns can flag a record
         refused = np.array([self.config.keep_refusals and is_refusal(answer) for ts in turns for _, answer in ts], dtype=bool)
         counted = np.where(refused, -1.0, probs)
@@ -505,15 +552,14 @@ class TunedScreener:
         starts = np.cumsum([0] + [len(ts) for ts in turns[:-1]])
         worst = [int(start + np.argmax(counted[start:start + len(ts)])) for start, ts in zip(starts, turns)]
         flagged = [bool(counted[w] > self.threshold) for w in worst]
-        named = iter(self.categories([flat[w] for w, f in zip(worst, flagged) if f]))
         results = []
         for start, record_turns, w, flag in zip(starts, turns, worst, flagged):
             kept = None if flag else next((i for i in range(start, start + len(record_turns))
                                            if refused[i] and probs[i] > self.threshold), None)
             w = w if kept is None else kept
             where = "request" if len(record_turns) == 1 else f"user turn {w - start + 1}"
-            category, description = next(named) if flag else ("refused", REFUSED) if kept is not None else (
-                "none", cleared[stage[w]])
-            reason = f'encoder:{category}:"{description}" ({where} p={probs[w]:.3f})'
+            named = self.category(categories[w]) if flag else f'refused:"{REFUSED}"' if kept is not None else (
+                f'none:"{cleared[stage[w]]}"')
+            reason = f"encoder:{named} ({where} p={probs[w]:.3f})"
             results.append(ScreenResult(flag, float(probs[w]), (reason,), refused=kept is not None))
         return results
