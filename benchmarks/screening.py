@@ -32,8 +32,15 @@ TRAINING_FILES = ("SST2_1k_p_0.1", "agnews_1k_p_0.1", "gsm8k_1k_p_0.1", "gsm8k_1
 ARTEFACT = "\n\nAssistant:"
 
 HELD_OUT = {f"{folder}/{name}": Path(__file__).parent / "data" / f"screening_{folder}" / f"{name}.jsonl"
-            for folder, names in (("holdout", ("general", "tasks")), ("fresh", ("chat", "instructions")), ("fresh2", ("chat",)))
+            for folder, names in (("holdout", ("general", "tasks")), ("fresh", ("chat", "instructions")),
+                                  ("fresh2", ("chat",)), ("fresh3", ("chat",)))
             for name in names}  # written independently of any screener's data
+# the held-out writers' names for head_data's harm categories ("sexual_exploitation" may be either)
+SAME_CATEGORY = {"stalking_privacy": ("privacy_stalking",), "sexual_content_minors": ("sexual_minors",),
+                 "child_sexual_abuse": ("sexual_minors",), "non_consensual_sexual": ("sexual_nonconsensual",),
+                 "sexual_exploitation": ("sexual_minors", "sexual_nonconsensual"), "terrorism": ("extremism_terrorism",),
+                 "manipulation": ("unethical_manipulation",), "manipulation_blackmail": ("unethical_manipulation",),
+                 "animal_cruelty": ("animal_abuse",), "piracy": ("intellectual_property",)}
 SAMPLE_SHARE = 0.3  # "your own labelled sample": the first 30 % of a file calibrates the threshold for the rest
 
 
@@ -48,15 +55,22 @@ def load(folder: Path, name: str):
     return records, [r.row_index in truth for r in data.rows]
 
 
-def load_held_out(name: str):
-    """Records and truth of a held-out file (``harmful`` column), by its HELD_OUT name."""
+def load_held_out(name: str, categories: bool = False):
+    """Records and truth of a held-out file (``harmful`` column), by its HELD_OUT name; with
+    ``categories``, also the head_data categories each harmful row may be named (None: benign)."""
     from asft.templates import Record
 
     rows = [json.loads(line) for line in HELD_OUT[name].read_text().splitlines()]
-    return [Record(r["instruction"], r["input"], r["output"]) for r in rows], [r["harmful"] for r in rows]
+    records, truth = [Record(r["instruction"], r["input"], r["output"]) for r in rows], [r["harmful"] for r in rows]
+    if not categories:
+        return records, truth
+    return records, truth, [SAME_CATEGORY.get(r["category"], (r["category"],)) if r["harmful"] else None for r in rows]
 
 
 def timed(screener, records):
+    """Flags, scores, speed and the category each row's first reason names."""
+    from asft.data.review import category_of
+
     turns = dict(getattr(screener, "turns", {}))
     wall, cpu = time.perf_counter(), time.process_time()
     results = screener.score(records)
@@ -67,7 +81,7 @@ def timed(screener, records):
         share = lambda key: round((after[key] - turns[key]) / max(after["screened"] - turns["screened"], 1), 3)  # noqa: E731
         speed |= {"cleared": share("cleared_by_prefilter") if screener.prefilter else None,
                   "exited": share("exited_early") if screener.early_exit else None}
-    return [r.flagged for r in results], [r.score for r in results], speed
+    return [r.flagged for r in results], [r.score for r in results], speed, [category_of(list(r.reasons)) for r in results]
 
 
 def calibrated(scores: list[float], truth: list[bool]):
@@ -79,7 +93,7 @@ def calibrated(scores: list[float], truth: list[bool]):
     benign = [s for s, t in zip(scores[:cut], truth[:cut]) if not t]
     threshold = threshold_for_fpr(benign, 0.03)
     return [None] * cut + [s > threshold for s in scores[cut:]], None, {"rows_per_s": None, "cpu_s": None, "wall_s": None,
-                                                                         "threshold": round(threshold, 4)}
+                                                                         "threshold": round(threshold, 4)}, None
 
 
 def cascade_ceiling(scores: list[float], truth: list[bool]):
@@ -90,20 +104,20 @@ def cascade_ceiling(scores: list[float], truth: list[bool]):
     low, high = (ScreenConfig.model_fields[f].default for f in ("cascade_clear_below", "cascade_flag_above"))
     band = [low <= s <= high for s in scores]
     return ([s > high or (b and t) for s, b, t in zip(scores, band, truth)], None,
-            {"rows_per_s": None, "cpu_s": None, "wall_s": None, "judged": round(sum(band) / len(band), 3)})
+            {"rows_per_s": None, "cpu_s": None, "wall_s": None, "judged": round(sum(band) / len(band), 3)}, None)
 
 
 def arms(screeners: dict, records, truth) -> dict:
     """Flags and speed of each screener, and of encoder+rules combined with ``any`` (derived:
     the combination flags what either flags and costs the sum of both)."""
     out = {name: timed(s, records) for name, s in screeners.items()}
-    (enc, enc_scores, enc_speed), (rul, _, rul_speed) = out["encoder"], out["rules"]
+    (enc, enc_scores, enc_speed, _), (rul, _, rul_speed, _) = out["encoder"], out["rules"]
     wall = enc_speed["wall_s"] + rul_speed["wall_s"]
     out["encoder calibrated"] = calibrated(enc_scores, truth)
     out["cascade ceiling"] = cascade_ceiling(enc_scores, truth)
     out["encoder+rules"] = ([a or b for a, b in zip(enc, rul)], None,
                             {"rows_per_s": round(len(records) / wall, 1) if wall else None,
-                             "cpu_s": round(enc_speed["cpu_s"] + rul_speed["cpu_s"], 2), "wall_s": round(wall, 2)})
+                             "cpu_s": round(enc_speed["cpu_s"] + rul_speed["cpu_s"], 2), "wall_s": round(wall, 2)}, None)
     return out
 
 
@@ -112,11 +126,17 @@ def judged(arms_out: dict, truth: list[bool]) -> dict:
     from asft.data.report import quality
 
     entry = {}
-    for arm, (flagged, _, speed) in arms_out.items():
+    for arm, (flagged, _, speed, _) in arms_out.items():
         kept = [(t, f) for t, f in zip(truth, flagged) if f is not None]
         q = quality([t for t, _ in kept], [f for _, f in kept])
         entry[arm] = {k: q[k] for k in ("recall", "false_positive_rate", "precision", "f1")} | speed | {"rows": len(kept)}
     return entry
+
+
+def named_right(flagged: list[bool], named: list[str], categories: list) -> dict:
+    """The share of caught harmful rows whose reason names the category they were written for."""
+    caught = [(n, c) for f, n, c in zip(flagged, named, categories) if f and c is not None]
+    return {"caught": len(caught), "named_right": round(sum(n in c for n, c in caught) / max(len(caught), 1), 3)}
 
 
 def run(folder: Path | None) -> dict:
@@ -130,18 +150,23 @@ def run(folder: Path | None) -> dict:
     screeners = {"encoder": encoder, "no early exit": encoder_screener(EncoderConfig(early_exit=False)),
                  "tuned alone": encoder_screener(EncoderConfig(prefilter=False, early_exit=False)),
                  "zero-shot": EncoderScreener(), "rules": RulesScreener()}
-    result = {"threads": torch.get_num_threads(), "encoder": encoder.describe(), "files": {}, "generalisation": {}}
-    sets = [(name, *load(folder, name)) for name in TRAINING_FILES] if folder is not None else []
-    sets += [(name, *load_held_out(name)) for name in HELD_OUT]
-    for name, records, truth in sets:
-        result["files"][name] = judged(arms(screeners, records, truth), truth)
+    result = {"threads": torch.get_num_threads(), "encoder": encoder.describe(), "files": {}, "naming": {},
+              "generalisation": {}}
+    sets = [(name, *load(folder, name), None) for name in TRAINING_FILES] if folder is not None else []
+    sets += [(name, *load_held_out(name, categories=True)) for name in HELD_OUT]
+    for name, records, truth, categories in sets:
+        measured = arms(screeners, records, truth)
+        result["files"][name] = judged(measured, truth)
+        if categories:
+            flagged, _, _, named = measured["encoder"]
+            result["naming"][name] = named_right(flagged, named, categories)
     if folder is not None:
         prompts = json.loads((folder / "saved_dataset_250.json").read_text())
         beaver = [Record(p["instruction"]) for p in prompts]
         flags = arms(screeners, beaver, [False] * len(beaver))
         result["generalisation"]["beavertails_250_flag_rate"] = {
             arm: round(sum(f for f in flagged if f is not None) / sum(f is not None for f in flagged), 3)
-            for arm, (flagged, _, _) in flags.items() if arm not in ("encoder calibrated", "cascade ceiling")}  # they need truth
+            for arm, (flagged, _, _, _) in flags.items() if arm not in ("encoder calibrated", "cascade ceiling")}  # they need truth
     return result
 
 
@@ -153,6 +178,9 @@ def table(result: dict) -> str:
             lines.append(f"{name:18} {arm:19} {m['rows']:5d} {fmt(m['recall'])} {fmt(m['false_positive_rate'])} "
                          f"{fmt(m['precision'])} {fmt(m['f1'])} {fmt(m['rows_per_s'], '8.1f')} {fmt(m['cpu_s'], '7.2f')} "
                          f"{fmt(m.get('cleared'))} {fmt(m.get('exited'))} {fmt(m.get('judged'))}")
+    for name, value in result["naming"].items():
+        lines.append(f"{name}: of the {value['caught']} harmful rows the default catches, it names "
+                     f"{value['named_right']:.1%} by the category they were written for")
     for label, value in result["generalisation"].items():
         lines.append(f"{label}: {json.dumps(value)}")
     lines.append(f"'encoder calibrated': the threshold at 3 % FPR on the file's first {SAMPLE_SHARE:.0%} (your labelled "

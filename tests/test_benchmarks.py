@@ -114,9 +114,24 @@ def test_refusal_benchmark_counts_every_answer_and_disguises_real_harmful_answer
 def test_the_cascade_ceiling_is_right_on_the_band_and_keeps_the_cheap_verdict_outside_it():
     from benchmarks.screening import cascade_ceiling
 
-    flags, _, speed = cascade_ceiling([0.0, 0.5, 0.995, 0.5, 0.03], [True, True, False, False, True])
+    flags, _, speed, _ = cascade_ceiling([0.0, 0.5, 0.995, 0.5, 0.03], [True, True, False, False, True])
     assert flags == [False, True, True, False, False]  # a miss below the band stays a miss, a false alarm above it stays
     assert speed["judged"] == 0.4
+
+
+def test_every_held_out_harm_category_is_one_the_default_can_name():
+    """The naming figure compares the default's category with the one each held-out row was
+    written for: a writer's name that matches no head_data category would count as a silent miss."""
+    from asft.data.screening.tuned import shipped_harm_categories
+    from benchmarks.screening import HELD_OUT, load_held_out, named_right
+
+    known = set(shipped_harm_categories()[1])
+    for name in HELD_OUT:
+        _, truth, categories = load_held_out(name, categories=True)
+        assert all((c is None) != t for c, t in zip(categories, truth))  # a category for each harmful row, only those
+        assert {n for c in categories if c for n in c} <= known, name
+    assert named_right([True, True, False, True], ["weapons", "fraud", "theft", "drugs"],
+                       [("weapons",), ("theft",), ("theft",), None]) == {"caught": 2, "named_right": 0.5}
 
 
 @pytest.mark.slow
