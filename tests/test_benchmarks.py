@@ -5,6 +5,7 @@ benchmarks/RESULTS.md)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -69,12 +70,19 @@ def test_gpu_check_dry_run_writes_a_result_per_step(tmp_path):
                           capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr
     steps = json.loads((out / "steps.json").read_text())
-    assert [s["name"] for s in steps] == ["environment", "benchmarks", "training", "ddp", "engines", "sandbox_build",
+    assert [s["name"] for s in steps] == ["environment", "benchmarks", "screening", "training", "ddp", "engines", "sandbox_build",
                                           "sandbox_table", "table_lam100", "generation"]
     assert [s["name"] for s in steps if s["skipped"]] == ["ddp"]
     assert all(s["rc"] == 0 and s["seconds"] >= 0 for s in steps if not s["skipped"]), steps
     summary = (out / "summary.txt").read_text()
     assert "naive_over_fast_penalty" in summary and "batched_over_sequential_generation" in summary
+    screening = json.loads((out / "screening.json").read_text())
+    from benchmarks.screening import load_held_out
+
+    distinct = {repr(r) for r in load_held_out("fresh/chat")[0]}
+    assert list(screening["files"]) == ["fresh/chat"] and screening["throughput"]["encoder"]["rows"] == len(distinct)
+    assert screening["throughput"]["encoder"]["rows_per_s"] > 0 and screening["encoder"]["device"] == "cpu"
+    assert "screening encoder: " in summary and "screening fresh/chat: recall" in summary
     training = json.loads((out / "training.json").read_text())
     assert training["tokens_per_second"]["lora"] and training["asft_step_over_lora_step"] > 0
     assert "needs a CUDA GPU" in training["errors"]["qlora_4bit"]  # one clear line, the other arms still ran
@@ -149,3 +157,11 @@ def test_the_probe_benchmark_measures_each_screener_on_the_sandbox(tiny_sandbox)
     assert own["fpr"] <= 0.03 and english["fpr"] <= 0.03  # the threshold holds its target on held-out examples
     assert own["recall"] >= english["recall"] + 0.5
     assert "probe, head_data" in table(result)
+
+
+@pytest.mark.parametrize("args, says", [(["--files", "fresh/chat,nope"], "--files: no set named nope"),
+                                        (["--files", "fresh/chat", "--tuned-model", "no-such-folder"], "no-such-folder: no such file")])
+def test_the_screening_benchmark_refuses_bad_arguments_in_one_line(tmp_path, args, says):
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.screening", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "ASFT_BENCH_DATA": ""})
+    assert proc.returncode == 2 and says in proc.stderr.strip().splitlines()[-1] and not proc.stdout
