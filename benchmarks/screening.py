@@ -5,8 +5,8 @@ truth (the "\\n\\nAssistant:" artefact is stripped from instructions first: a sc
 it would learn nothing), and the held-out files (never fit or calibrate on them):
 ``benchmarks/data/screening_holdout`` (general-purpose instruction data and task mixtures with
 harm mixed in, written independently of every screener's data, read in every session since) and
-``benchmarks/data/screening_fresh`` (chat turns and instruction data, written blind on
-2026-12-07 and measured once the choices it would judge were made). Arms: the default
+``benchmarks/data/screening_fresh*`` (chat turns and instruction data, each written blind and
+measured once the choice it would judge was made; each folder's README says which). Arms: the default
 encoder screener (tuned, behind its word prefilter, with its early exit), the same without the early exit, the
 transformer alone (neither), the zero-shot encoder, the rules, default + rules combined (any),
 the default calibrated at 3 % FPR on the file's own first 30 % (a user's labelled
