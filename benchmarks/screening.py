@@ -35,7 +35,8 @@ ARTEFACT = "\n\nAssistant:"
 
 HELD_OUT = {f"{folder}/{name}": Path(__file__).parent / "data" / f"screening_{folder}" / f"{name}.jsonl"
             for folder, names in (("holdout", ("general", "tasks")), ("fresh", ("chat", "instructions")),
-                                  ("fresh2", ("chat",)), ("fresh3", ("chat",)), ("fresh4", ("chat",)))
+                                  ("fresh2", ("chat",)), ("fresh3", ("chat",)), ("fresh4", ("chat",)),
+                                  ("fresh5", ("mixed",)))
             for name in names}  # written independently of any screener's data
 # the held-out writers' names for head_data's harm categories ("sexual_exploitation" may be either)
 SAME_CATEGORY = {"stalking_privacy": ("privacy_stalking",), "sexual_content_minors": ("sexual_minors",),
